@@ -9,7 +9,7 @@ import enum
 from dataclasses import dataclass, field
 
 
-class Outcome(str, enum.Enum):
+class Outcome(enum.StrEnum):
     """What happened to one attempt. The string values are what results files store."""
 
     CORRECT = "correct"
@@ -23,9 +23,6 @@ class Outcome(str, enum.Enum):
     CRASHED = "crashed"
     # Set by the agent, not the verifier: the next attempt would not fit the model's context.
     CONTEXT_OVERFLOW = "context_overflow"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 @dataclass

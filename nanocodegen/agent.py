@@ -1,0 +1,121 @@
+"""The agent loop: prompt -> generate -> verify -> feedback -> retry, one record per attempt.
+
+Context policy: an attempt starts only if its prompt leaves room for `max_new_tokens` more tokens
+within the model's `max_seq_len`. When it does not, the episode stops with a final attempt record
+whose outcome is `context_overflow` (nothing is generated for it).
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from nanocodegen.config import AgentConfig
+from nanocodegen.generate import Generation, PrefixCache, generate
+from nanocodegen.model import NanoCodeGenAgent
+from nanocodegen.prompt import format_feedback, retry_ids, task_ids
+from nanocodegen.records import AttemptRecord, EpisodeRecord, Outcome, Verdict
+from nanocodegen.tasks import Task
+from nanocodegen.tokenizer import CodeTokenizer
+
+
+class Agent:
+    def __init__(
+        self,
+        model: NanoCodeGenAgent,
+        tokenizer: CodeTokenizer,
+        verifier,
+        config: AgentConfig | None = None,
+        feedback_budget: int = 32,
+    ):
+        self.model, self.tok, self.verifier = model, tokenizer, verifier
+        self.config = config or AgentConfig()
+        self.feedback_budget = feedback_budget
+        self.device = next(model.parameters()).device
+        if self.config.kv_cache == "prefix" and model.feedback_embed is not None:
+            raise ValueError(
+                "this model uses retry-step conditioning, which changes every position's input on each "
+                "retry, so a KV cache cannot be reused across attempts; use --kv-cache attempt or none"
+            )
+        self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+
+    def run(self, task: Task) -> EpisodeRecord:
+        cfg, tok = self.config, self.tok
+        t_start = time.perf_counter()
+        episode = EpisodeRecord(
+            id=task.id, prompt=task.prompt, expected=task.expected, solved=False,
+            family=task.family, tier=task.tier,
+        )
+        first_prompt = task_ids(tok, task.prompt)
+        context = list(first_prompt)
+        prefix_cache = PrefixCache() if cfg.kv_cache == "prefix" else None
+        for attempt in range(1, cfg.max_attempts + 1):
+            if len(context) + cfg.max_new_tokens > self.model.max_seq_len:
+                episode.attempts.append(self._overflow_record(attempt, len(context)))
+                break
+            gen = self.generate_attempt(context, attempt, prefix_cache)
+            ids = gen.tokens[0].tolist()
+            code = tok.decode(ids)
+            t0 = time.perf_counter()
+            verdict: Verdict = self.verifier.verify(code, task.expected, timeout_ms=cfg.timeout_ms)
+            verify_ms = (time.perf_counter() - t0) * 1e3
+            solved = verdict.outcome is Outcome.CORRECT
+            feedback = "" if solved else format_feedback(verdict)
+            episode.attempts.append(
+                AttemptRecord(
+                    attempt=attempt,
+                    context_tokens=len(context),
+                    new_tokens=len(ids),
+                    prefill_tokens=gen.prefill_tokens,
+                    cached_tokens=gen.cached_tokens,
+                    prefill_ms=gen.prefill_ms,
+                    decode_ms=gen.decode_ms,
+                    ttft_ms=gen.ttft_ms,
+                    verify_ms=verify_ms,
+                    outcome=verdict.outcome.value,
+                    kv_cache_bytes=self.kv_cache_bytes(len(context) + len(ids) - 1),
+                    code=code,
+                    output=verdict.output,
+                    feedback=feedback,
+                )
+            )
+            if solved:
+                episode.solved, episode.attempts_to_correct = True, attempt
+                break
+            if cfg.withhold_feedback:
+                context = list(first_prompt)  # ablation: independent resampling of the bare task
+            else:
+                context = context + retry_ids(tok, ids, feedback, self.feedback_budget)
+        episode.total_prompt_tokens = sum(a.context_tokens for a in episode.attempts)
+        episode.total_new_tokens = sum(a.new_tokens for a in episode.attempts)
+        episode.wall_ms = (time.perf_counter() - t_start) * 1e3
+        return episode
+
+    def generate_attempt(self, context: list[int], attempt: int, prefix_cache: PrefixCache | None) -> Generation:
+        """One attempt's tokens for this context. Tests override this with a scripted stand-in."""
+        cfg = self.config
+        return generate(
+            self.model,
+            torch.tensor([context], device=self.device),
+            cfg.max_new_tokens,
+            temperature=cfg.temperature,
+            top_k=cfg.top_k or None,
+            stop_token=self.tok.end_id,
+            retry_step=attempt - 1 if self.model.feedback_embed is not None else 0,
+            cache_mode=cfg.kv_cache,
+            prefix_cache=prefix_cache,
+            generator=self.generator,
+        )
+
+    def kv_cache_bytes(self, length: int) -> int:
+        """Bytes of keys and values the cache holds for `length` positions (0 without a cache)."""
+        return self.model.kv_cache_bytes(length) if self.config.kv_cache != "none" else 0
+
+    @staticmethod
+    def _overflow_record(attempt: int, context_tokens: int) -> AttemptRecord:
+        return AttemptRecord(
+            attempt=attempt, context_tokens=context_tokens, new_tokens=0, prefill_tokens=0, cached_tokens=0,
+            prefill_ms=0.0, decode_ms=0.0, ttft_ms=0.0, verify_ms=0.0,
+            outcome=Outcome.CONTEXT_OVERFLOW.value, kv_cache_bytes=0, code="", output=None, feedback="",
+        )
