@@ -75,5 +75,6 @@ class EpisodeRecord:
     total_prompt_tokens: int = 0
     total_new_tokens: int = 0
     wall_ms: float = 0.0
+    suite: str = ""
     family: str = ""
     tier: int = 0
