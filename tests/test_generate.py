@@ -1,0 +1,62 @@
+import pytest
+import torch
+
+from nanocodegen.generate import PrefixCache, generate, sample
+from nanocodegen.model import NanoCodeGenAgent
+
+
+def test_greedy_is_argmax_and_top_k_restricts():
+    logits = torch.tensor([[0.0, 5.0, 1.0, 4.0]])
+    assert sample(logits).tolist() == [1]
+    g = torch.Generator().manual_seed(0)
+    draws = {sample(logits, temperature=1.0, top_k=2, generator=g).item() for _ in range(50)}
+    assert draws <= {1, 3} and len(draws) == 2
+
+
+@pytest.mark.parametrize("mode", ["none", "attempt", "prefix"])
+def test_cache_modes_generate_identical_tokens(tiny_model, mode):
+    prompt = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(1))
+    reference = generate(tiny_model, prompt, 20, cache_mode="none").tokens
+    assert torch.equal(generate(tiny_model, prompt, 20, cache_mode=mode).tokens, reference)
+
+
+def test_prefix_cache_reuses_the_previous_attempt(tiny_model):
+    cache = PrefixCache()
+    prompt = torch.randint(0, 97, (1, 10), generator=torch.Generator().manual_seed(2))
+    first = generate(tiny_model, prompt, 8, cache_mode="prefix", prefix_cache=cache)
+    assert first.cached_tokens == 0 and first.prefill_tokens == 10
+    # the next prompt extends the previous one with the generated tokens and some feedback
+    grown = torch.cat([prompt, first.tokens, torch.tensor([[5, 6, 7]])], dim=1)
+    second = generate(tiny_model, grown, 8, cache_mode="prefix", prefix_cache=cache)
+    assert second.cached_tokens == 10 + 8 - 1  # the last generated token was never fed to the model
+    assert second.prefill_tokens == grown.size(1) - second.cached_tokens
+    fresh = generate(tiny_model, grown, 8, cache_mode="none")
+    assert torch.equal(second.tokens, fresh.tokens)
+
+
+def test_stop_token_ends_generation(tiny_model):
+    prompt = torch.randint(0, 97, (1, 6), generator=torch.Generator().manual_seed(3))
+    free = generate(tiny_model, prompt, 10).tokens[0].tolist()
+    stop = free[3]
+    stopped = generate(tiny_model, prompt, 10, stop_token=stop).tokens[0].tolist()
+    assert stopped == free[: free.index(stop) + 1]
+
+
+def test_generation_is_bounded_by_the_context(tiny_model):
+    prompt = torch.zeros(1, 60, dtype=torch.long)
+    assert generate(tiny_model, prompt, 50).tokens.size(1) == 4  # max_seq_len 64
+    with pytest.raises(ValueError, match="no room"):
+        generate(tiny_model, torch.zeros(1, 64, dtype=torch.long), 5)
+
+
+def test_prefix_mode_refuses_stale_retry_conditioning():
+    torch.manual_seed(0)
+    model = NanoCodeGenAgent(vocab_size=50, d_model=16, n_heads=2, n_layers=1, max_seq_len=64).eval()
+    cache = PrefixCache()
+    prompt = torch.randint(0, 50, (1, 5))
+    out = generate(model, prompt, 4, cache_mode="prefix", prefix_cache=cache)
+    grown = torch.cat([prompt, out.tokens], dim=1)
+    with pytest.raises(ValueError, match="stale"):
+        generate(model, grown, 4, cache_mode="prefix", prefix_cache=cache, retry_step=1)
+    # the other modes support retry conditioning
+    generate(model, grown, 4, cache_mode="attempt", retry_step=1)

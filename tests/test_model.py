@@ -1,0 +1,81 @@
+import pytest
+import torch
+
+from nanocodegen.model import ModelConfig, NanoCodeGenAgent
+
+
+def test_sketch_constructor_and_forward_shapes():
+    torch.manual_seed(0)
+    model = NanoCodeGenAgent(vocab_size=101, d_model=32, n_heads=4, n_layers=2, max_seq_len=64)
+    assert model.feedback_embed is not None  # the sketch's retry-step conditioning is on by default
+    x = torch.randint(0, 101, (3, 10))
+    logits, loss = model(x)
+    assert logits.shape == (3, 10, 101) and loss is None
+    logits, loss = model(x, targets=x)
+    assert loss.ndim == 0 and loss.item() > 0
+    # retry conditioning changes the output, as in the sketch
+    assert not torch.allclose(model(x, retry_step=2)[0], logits)
+
+
+def test_bare_constructor_matches_sketch_defaults():
+    model = NanoCodeGenAgent()
+    assert (model.vocab_size, model.d_model, model.max_seq_len) == (50257, 128, 256)
+    assert len(model.layers) == 4 and model.config.n_heads == 4
+    assert model.lm_head.weight is model.token_embed.weight  # tied
+
+
+def test_causal_mask_future_tokens_do_not_change_past_logits(tiny_model):
+    x = torch.randint(0, 97, (1, 12))
+    y = x.clone()
+    y[0, 8:] = (y[0, 8:] + 1) % 97
+    a, _ = tiny_model(x)
+    b, _ = tiny_model(y)
+    assert torch.allclose(a[:, :8], b[:, :8], atol=1e-6)
+    assert not torch.allclose(a[:, 8:], b[:, 8:])
+
+
+def test_kv_cached_decode_equals_full_forward(tiny_model):
+    x = torch.randint(0, 97, (2, 20))
+    full, _ = tiny_model(x)
+    tiny_model.setup_kv_cache(2)
+    parts = [tiny_model(x[:, :7], start_pos=0)[0]]  # prefill 7
+    parts.append(tiny_model(x[:, 7:12], start_pos=7)[0])  # a chunk
+    for i in range(12, 20):  # then one token at a time
+        parts.append(tiny_model(x[:, i : i + 1], start_pos=i)[0])
+    assert torch.allclose(torch.cat(parts, dim=1), full, atol=1e-5)
+
+
+def test_kv_cache_bytes_grow_linearly(tiny_model, tiny_config):
+    tiny_model.setup_kv_cache(1)
+    per_position = 2 * tiny_config.n_layers * tiny_config.d_model * 4  # keys + values, fp32
+    assert tiny_model.kv_cache_bytes(10) == 10 * per_position
+    assert tiny_model.kv_cache_bytes(20) == 2 * tiny_model.kv_cache_bytes(10)
+
+
+def test_too_long_input_is_a_clear_error(tiny_model):
+    with pytest.raises(ValueError, match="max_seq_len"):
+        tiny_model(torch.zeros(1, 65, dtype=torch.long))
+
+
+def test_retry_step_needs_retry_conditioning(tiny_model):
+    with pytest.raises(ValueError, match="retry_conditioning"):
+        tiny_model(torch.zeros(1, 4, dtype=torch.long), retry_step=1)
+
+
+def test_bad_head_count_is_rejected():
+    with pytest.raises(ValueError, match="divisible"):
+        ModelConfig(d_model=30, n_heads=4)
+
+
+def test_forward_with_timing_keeps_the_sketch_dict_shape():
+    torch.manual_seed(0)
+    model = NanoCodeGenAgent(vocab_size=101, d_model=32, n_heads=4, n_layers=1, max_seq_len=128)
+    x = torch.randint(0, 101, (4, 16))
+    r = model.forward_with_timing(x, max_retries=3)
+    assert set(r) == {"iterations", "total_tokens_generated", "total_ms"}
+    assert [it["attempt"] for it in r["iterations"]] == [0, 1, 2]
+    lengths = [it["context_length"] for it in r["iterations"]]
+    assert lengths == [16, 32, 48]  # each attempt's 16 generated tokens grow the next context
+    # generated tokens only: the sketch counted prompt tokens as generated
+    assert r["total_tokens_generated"] == 3 * 16
+    assert all(it["latency_ms"] > 0 for it in r["iterations"])
