@@ -164,6 +164,7 @@ def test_convention_tasks_have_distractors_that_print_something_else(tasks_by_sp
         assert 1 <= len(t.distractors) <= 2
         outputs = {run_reference(d) for d in t.distractors}
         assert t.expected not in outputs and len(outputs) == len(t.distractors), t.id
+
     # Each reading is wanted somewhere, so no convention can be learnt from the prompt alone.
     def shape(program):  # the program with its values blanked out
         return re.sub(r"\[[^\]]*\]|-?\d+", "#", program)
