@@ -18,9 +18,9 @@ Tiers: 1 = one step (like the sketch's seed tasks), 2 = two steps, a loop, a com
   floored or rounded; "sort the words" may or may not ignore case. The family lists every reading as a
   program; per task the generator picks the wanted one at random, keeps the others in
   `Task.distractors`, and rejects draws where two readings print the same `str(result)`. The prompt is
-  rendered before the reading is picked, so it cannot reveal it. Only the verifier's feedback on a wrong
-  attempt (its output, never the expected value) lets a solver switch to another reading: this is the
-  tier where retries must matter.
+  rendered from the values and the phrasing alone, so it cannot reveal the reading. Only the verifier's
+  feedback on a wrong attempt (its output, never the expected value) lets a solver switch to another
+  reading: this is the tier where retries must matter.
 
 Code style is canonical across families, because the model learns from consistency: every solution is
 its own `ast.unparse` (single-quoted strings, `[1, 2, 3]` spacing), leaves its answer in `result`, uses
@@ -58,8 +58,7 @@ SHIPPED_SEED = 0
 
 # The builtins reference solutions may call; the sandbox must allow at least these.
 REFERENCE_BUILTINS = (
-    "abs", "bool", "dict", "enumerate", "int", "len", "list", "max", "min", "range", "reversed", "round",
-    "sorted", "str", "sum", "zip",
+    "dict", "int", "len", "list", "max", "min", "range", "round", "sorted", "str", "sum", "zip",
 )  # fmt: skip
 
 _SEED_PROMPTS = frozenset(prompt for prompt, _ in TASK_BANK)
