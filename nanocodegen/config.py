@@ -23,6 +23,7 @@ def _f(default, help: str, **kw):
 @dataclass
 class TrainConfig:
     max_steps: int = _f(4000, "optimizer steps")
+    train_tasks: int = _f(30000, "distinct training tasks drawn from the families' train split")
     batch_size: int = _f(48, "episodes per optimizer step")
     lr: float = _f(2e-3, "peak learning rate (AdamW)")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")

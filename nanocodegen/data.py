@@ -51,9 +51,9 @@ def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, 
     jobs: list[tuple[int, str]] = []
     for i, task in enumerate(tasks):
         candidates = list(dict.fromkeys(task.distractors))
-        for _kind, code in corrupt(task, rng, CANDIDATES_PER_TASK):
-            if code not in candidates:
-                candidates.append(code)
+        for c in corrupt(task, rng, CANDIDATES_PER_TASK):
+            if c.code not in candidates:
+                candidates.append(c.code)
         jobs.extend((i, code) for code in candidates)
 
     def check(job: tuple[int, str]):

@@ -12,6 +12,7 @@ folder (see checkpoint.py) whose config.json records the exact command and setti
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import random
@@ -101,7 +102,7 @@ def prepare_data(cfg: TrainConfig, console: Console) -> tuple[CodeTokenizer, lis
     """Tasks -> verified failures -> tokenizer -> tokenized tasks, for the train and val splits."""
     from nanocodegen.verifier import CodeVerifier
 
-    train_tasks = families.sample_train_tasks(cfg.train_tasks, cfg.seed)
+    train_tasks = list(itertools.islice(families.iter_train_tasks(cfg.seed), cfg.train_tasks))
     val_tasks = load_suite("synthetic-val")
     with CodeVerifier(workers=cfg.data_workers) as verifier, progress_bar(console) as bar:
         total = sum(len(t.distractors) for t in train_tasks + val_tasks) + 5 * len(train_tasks + val_tasks)
