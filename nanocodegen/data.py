@@ -133,8 +133,17 @@ def sample_failures(t: TokenizedTask, rng: random.Random, repair_fraction: float
     return order[:k]
 
 
+def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[int], list[int]]:
+    """The episode with as many of the chosen failures as fit in `max_len` positions."""
+    while True:
+        inputs, targets = assemble(t, failures)
+        if len(inputs) <= max_len or not failures:
+            return inputs, targets
+        failures = failures[:-1]
+
+
 def episode_stream(
-    tasks: list[TokenizedTask], seed: int, repair_fraction: float
+    tasks: list[TokenizedTask], seed: int, repair_fraction: float, max_len: int
 ) -> Iterator[tuple[list[int], list[int]]]:
     """Endless shuffled episodes: each pass over the tasks draws fresh failure combinations."""
     rng = random.Random(seed)
@@ -142,15 +151,15 @@ def episode_stream(
         order = list(range(len(tasks)))
         rng.shuffle(order)
         for i in order:
-            yield assemble(tasks[i], sample_failures(tasks[i], rng, repair_fraction))
+            yield fitted(tasks[i], sample_failures(tasks[i], rng, repair_fraction), max_len)
 
 
-def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int) -> list[tuple[list[int], list[int]]]:
+def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[tuple[list[int], list[int]]]:
     """Validation episodes: every task once directly and once with one failure (if it has one)."""
     rng = random.Random(seed)
     out = []
     for t in tasks:
         out.append(assemble(t, []))
         if t.failures:
-            out.append(assemble(t, [rng.randrange(len(t.failures))]))
+            out.append(fitted(t, [rng.randrange(len(t.failures))], max_len))
     return out

@@ -128,7 +128,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
     data_seconds = time.perf_counter() - t_start
     model_cfg = ModelConfig(**{**asdict(model_cfg), "vocab_size": tok.vocab_size})
     model = NanoCodeGenAgent.from_config(model_cfg)
-    val_episodes = fixed_episodes(val_data, cfg.seed)
+    val_episodes = fixed_episodes(val_data, cfg.seed, model_cfg.max_seq_len)
     longest = max(len(x) for x, _ in val_episodes)
     console.print(
         f"model {model.num_params() / 1e6:.2f}M params, vocab {tok.vocab_size}; {len(train_data)} train tasks, "
@@ -141,7 +141,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
         [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
         lr=cfg.lr, betas=(0.9, 0.95),
     )
-    stream = episode_stream(train_data, cfg.seed, cfg.repair_fraction)
+    stream = episode_stream(train_data, cfg.seed, cfg.repair_fraction, model_cfg.max_seq_len)
     data = batches(stream, cfg.batch_size, tok.pad_id, cfg.seed)
     log_path = out / LOG_FILE
     log = log_path.open("w")
