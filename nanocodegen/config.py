@@ -37,6 +37,8 @@ class TrainConfig:
     tokenizer_episodes: int = _f(20000, "episodes of text the tokenizer is trained on")
     repair_fraction: float = _f(0.6, "share of training episodes that show failed attempts before the solution")
     feedback_budget: int = _f(32, "feedback tokens kept per failed attempt (stored in the checkpoint)")
+    precision: str = _f("auto", "autocast dtype: bf16, fp32, or auto (bf16 where the hardware has it)",
+                         choices=("auto", "bf16", "fp32"))
     data_workers: int = _f(2, "sandbox workers that produce the real feedback for repair episodes")
     out: str = _f("runs/train", "checkpoint folder to write")
 

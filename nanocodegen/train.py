@@ -51,6 +51,26 @@ def progress_bar(console: Console) -> Progress:
     )
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU has native bf16 arithmetic (AVX512-BF16 or AMX), where bf16 autocast pays."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype for `precision` on `device`, or None for plain fp32."""
+    if precision == "fp32":
+        return None
+    if precision == "bf16":
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu_has_bf16() else None
+
+
 def lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup to cfg.lr, then cosine decay to cfg.min_lr at cfg.max_steps."""
     if step < cfg.warmup_steps:
@@ -132,9 +152,12 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
     longest = max(len(x) for x, _ in val_episodes)
     console.print(
         f"model {model.num_params() / 1e6:.2f}M params, vocab {tok.vocab_size}; {len(train_data)} train tasks, "
-        f"{len(val_episodes)} val episodes (longest {longest} tokens); data ready in {data_seconds:.0f}s"
+        f"{len(val_episodes)} val episodes (longest {longest} tokens); data ready in {data_seconds:.0f}s; "
+        f"autocast {amp or 'off'}"
     )
 
+    device = torch.device("cpu")
+    amp = autocast_dtype(cfg.precision, device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
@@ -155,7 +178,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
                 group["lr"] = lr
             x, y = next(data)
             tokens_seen += int((x != tok.pad_id).sum())
-            _, loss = model(x, y)
+            with torch.autocast(device.type, dtype=amp or torch.float32, enabled=amp is not None):
+                _, loss = model(x, y)
             loss.backward()
             if cfg.grad_clip > 0:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -179,7 +203,7 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
         "result": {"val_loss": round(val_loss, 5), "best_val_loss": round(best_val, 5), "steps": cfg.max_steps,
                    "tokens": tokens_seen, "train_seconds": round(seconds, 1),
                    "data_seconds": round(data_seconds, 1), "torch": torch.__version__,
-                   "threads": torch.get_num_threads()},
+                   "threads": torch.get_num_threads(), "autocast": str(amp) if amp else None},
     }
     save_checkpoint(out, model, tok, meta)
     console.print(f"val loss {val_loss:.4f} (code tokens) after {cfg.max_steps} steps, {seconds:.0f}s; wrote {out}")
