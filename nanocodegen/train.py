@@ -148,6 +148,8 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
     data_seconds = time.perf_counter() - t_start
     model_cfg = ModelConfig(**{**asdict(model_cfg), "vocab_size": tok.vocab_size})
     model = NanoCodeGenAgent.from_config(model_cfg)
+    device = torch.device("cpu")
+    amp = autocast_dtype(cfg.precision, device)
     val_episodes = fixed_episodes(val_data, cfg.seed, model_cfg.max_seq_len)
     longest = max(len(x) for x, _ in val_episodes)
     console.print(
@@ -156,8 +158,6 @@ def train(model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: 
         f"autocast {amp or 'off'}"
     )
 
-    device = torch.device("cpu")
-    amp = autocast_dtype(cfg.precision, device)
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
     opt = torch.optim.AdamW(
