@@ -6,7 +6,8 @@ wrong attempts come from here: each kind imitates a slip a small code model make
     syntax          a dropped bracket or quote, a missing colon or comma, `=` for `==`, `fro` for `for`,
                     a lost indent; kept only when `ast.parse` rejects it
     wrong_builtin   max/min, sum/len, sorted/reversed, upper/lower, append/extend, index/count swapped
-    off_by_one      a range bound, slice bound or index moved by one; `<` for `<=` and the like
+    off_by_one      a range bound, slice bound or index moved by one; an inclusive stop's `+ 1` forgotten or
+                    an exclusive stop given one; `<` for `<=` and the like
     wrong_operator  `+`/`-`, `*`/`**`, `//`/`/`, `%` for `//`, a flipped parity test, a reversed comparison
     wrong_name      a misspelled name (NameError) or the wrong variable, e.g. the wrong loop variable
     wrong_literal   a value from the prompt miscopied: a digit off, letters swapped, an item dropped
@@ -201,6 +202,13 @@ def _off_by_one(node: ast.AST) -> list[NodeChange]:
             continue
         for new in (value - 1, value + 1):
             changes.append(_off_by_one_bound(type(node), k, new))
+    if isinstance(node, ast.Call) and bounds:
+        # the stop of `range(a, b + 1)` (the prompt said "through b") or of `range(a, b)` ("up to b")
+        stop = bounds[-1]
+        if isinstance(stop, ast.BinOp) and isinstance(stop.op, ast.Add) and _int_of(stop.right) == 1:
+            changes.append(_set_stop(lambda stop: stop.left))
+        elif _int_of(stop) is not None:
+            changes.append(_set_stop(lambda stop: ast.BinOp(stop, ast.Add(), ast.Constant(1))))
     if isinstance(node, ast.Compare):
         for k, op in enumerate(node.ops):
             if type(op) in _BOUND_SWAPS:
@@ -217,6 +225,13 @@ def _off_by_one_bound(kind: type, k: int, new: int) -> NodeChange:
             setattr(node, field, _int_node(new))
         else:
             node.slice = _int_node(new)
+
+    return change
+
+
+def _set_stop(new: Callable[[ast.AST], ast.AST]) -> NodeChange:
+    def change(node: ast.AST) -> None:
+        node.args[-1] = new(node.args[-1])
 
     return change
 

@@ -49,7 +49,8 @@ class Task:
     solution: str = ""  # a reference program (may be empty for user task files)
     family: str = ""
     tier: int = 0  # 1 = one step, 2 = two steps, 3 = hardest (multi-step or underspecified)
-    phrasing: str = ""
+    phrasing: str = ""  # which phrasing of its family the prompt uses, e.g. "sum_list/L0-C2-T0"
+    held_out: bool = False  # the phrasing is one kept out of the training tasks
     split: str = ""
     distractors: list[str] = field(default_factory=list)  # plausible wrong programs (other readings)
     test: str = ""  # HumanEval-style `def check(candidate): ...`

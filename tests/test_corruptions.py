@@ -100,6 +100,17 @@ def test_specific_slips_look_like_the_real_thing():
     assert ("wrong_literal", "result = [x for x in [4, 7, 10] if x % 3 == 0]") not in codes
 
 
+def test_range_stops_lose_or_gain_the_plus_one():
+    # "from 3 through 7" is `range(3, 7 + 1)`: the slip is the + 1 forgotten, or added to an exclusive stop
+    def off_by_one(solution):
+        task = Task(id="t", prompt="p", expected="", solution=solution)
+        return {c.code for c in corrupt(task, random.Random(0), 200) if c.kind == "off_by_one"}
+
+    assert "result = list(range(3, 7))" in off_by_one("result = list(range(3, 7 + 1))")
+    assert "result = list(range(7))" in off_by_one("result = list(range(7 + 1))")
+    assert "result = list(range(3, 8 + 1))" in off_by_one("result = list(range(3, 8))")
+
+
 def test_n_limits_the_count_and_zero_gives_none(tasks):
     assert corrupt(tasks[0], random.Random(0), 0) == []
     assert len(corrupt(tasks[0], random.Random(0), 2)) == 2

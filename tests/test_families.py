@@ -1,4 +1,5 @@
-"""Tests for nanocodegen.families: answers come from running solutions, splits stay apart, files are fresh."""
+"""Tests for nanocodegen.families: answers come from running solutions, splits stay apart, held-out phrasings
+are new combinations of trained parts, solutions only copy values, files are fresh."""
 
 import ast
 import itertools
@@ -12,6 +13,7 @@ from nanocodegen.families import (
     FAMILIES,
     REFERENCE_BUILTINS,
     SPLIT_BUCKETS,
+    WORDS,
     generate_tasks,
     iter_train_tasks,
     make_task,
@@ -23,6 +25,7 @@ from nanocodegen.tasks import SEED_SOLUTIONS, TASK_BANK, packaged_data, read_tas
 
 SPLITS = tuple(SPLIT_BUCKETS)
 SEED_PROMPTS = {prompt for prompt, _ in TASK_BANK}
+CASE_FAMILIES = {"change_case", "sort_words_case"}  # the only ones whose words are not all lower case
 
 
 @pytest.fixture(scope="module")
@@ -57,10 +60,23 @@ def test_there_are_enough_families_in_every_tier():
     assert all(f.tier == 3 for f in FAMILIES.values() if f.kind == "convention")
 
 
-def test_every_family_with_three_phrasings_holds_one_out():
+def test_each_family_holds_out_about_15_percent_of_its_combinations_and_trains_every_part():
     for f in FAMILIES.values():
-        if len(f.phrasings) >= 3:
-            assert f.held_out is not None and 0 <= f.held_out < len(f.phrasings), f.name
+        every = f.combinations
+        assert len(every) >= 6 and len(set(map(f.template, every))) == len(every), f.name
+        assert 0.10 <= len(f.held_out) / len(every) <= 0.20, f.name
+        assert (0, 0, 0) not in f.held_out, f.name
+        trained = f.phrasing_choices("train")
+        assert set(trained) == set(every) - f.held_out and f.phrasing_choices("test") == every
+        for k, parts in enumerate((f.leads, f.cores, f.tails)):
+            assert {c[k] for c in trained} == set(range(len(parts))), (f.name, parts)
+        assert all(lead.count("{}") == 1 for lead in f.leads), f.name
+
+
+def test_held_out_combinations_are_stable():
+    # Pinned: a stable hash of the ids, never hash(). If this changes, the held-out phrasings change.
+    assert sorted(FAMILIES["sum_list"].held_out) == [(2, 2, 0), (2, 3, 0), (4, 3, 0)]
+    assert FAMILIES["power"].template((0, 0, 0)) == "Return {a} ** {b}"
 
 
 @pytest.mark.parametrize("split", SPLITS)
@@ -91,7 +107,40 @@ def test_solutions_are_short_canonical_and_use_the_conventions(tasks_by_split, t
                 assert not (isinstance(node, ast.Attribute) and node.attr.startswith("_")), program
                 if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
                     assert node.func.id in REFERENCE_BUILTINS, program
-        assert len(t.prompt) <= 110, t.prompt
+        assert len(t.prompt) <= 100, t.prompt
+
+
+def _literals(program: str) -> list[object]:
+    """The int and str constants of a program (the 3 of `-3` is 3: the minus is an operator)."""
+    return [n.value for n in ast.walk(ast.parse(program)) if isinstance(n, ast.Constant)]
+
+
+def _shows(prompt: str, value: object) -> bool:
+    """Whether the prompt shows a value as the program writes it: a whole number, or a quoted string."""
+    if isinstance(value, str):
+        return repr(value) in prompt
+    return re.search(rf"(?<![\w.]){value}(?![\w.])", prompt) is not None
+
+
+def test_solutions_only_copy_values_from_the_prompt(tasks_by_split, train_stream):
+    # Every literal is shown in the prompt or is a fixed constant of the family: nothing is computed.
+    for t in itertools.chain(train_stream, *tasks_by_split.values()):
+        constants = FAMILIES[t.family].constants
+        for program in [t.solution, *t.distractors]:
+            for value in _literals(program):
+                assert type(value) in (int, str), program
+                assert value in constants or _shows(t.prompt, value), (t.prompt, program, value)
+
+
+def test_lists_are_short_and_words_come_from_the_vocabulary(tasks_by_split, train_stream):
+    vocabulary = set(WORDS)
+    for t in itertools.chain(train_stream, *tasks_by_split.values()):
+        tree = ast.parse(t.solution)
+        assert all(len(n.elts) <= 7 for n in ast.walk(tree) if isinstance(n, ast.List)), t.solution
+        for value in _literals(t.solution):
+            if isinstance(value, str) and value not in FAMILIES[t.family].constants and len(value) > 1:
+                assert value.lower() in vocabulary, (t.family, value)
+                assert value.islower() or t.family in CASE_FAMILIES, (t.family, value)
 
 
 def test_splits_are_disjoint_in_family_and_values(tasks_by_split):
@@ -115,10 +164,24 @@ def test_split_membership_is_a_stable_hash():
 
 
 def test_held_out_phrasings_never_reach_train(tasks_by_split, train_stream):
-    held = {f"{f.name}/{f.held_out}" for f in FAMILIES.values() if f.held_out is not None}
-    assert not held & {t.phrasing for t in itertools.chain(tasks_by_split["train"], train_stream)}
-    shown = {t.phrasing for t in tasks_by_split["val"] + tasks_by_split["test"] + shipped_split("test")}
-    assert held & shown  # and they do appear where they should
+    held = {f.phrasing_id(c) for f in FAMILIES.values() for c in f.held_out}
+    train = list(itertools.chain(tasks_by_split["train"], train_stream))
+    assert not held & {t.phrasing for t in train} and not any(t.held_out for t in train)
+    shown = tasks_by_split["val"] + tasks_by_split["test"]
+    assert all(t.held_out == (t.phrasing in held) for t in shown)
+    assert {t.family for t in shown if t.held_out} == set(FAMILIES)  # and they appear where they should
+
+
+def test_the_train_stream_uses_every_trained_combination(train_stream):
+    used = {t.phrasing for t in train_stream}
+    for f in FAMILIES.values():
+        assert {f.phrasing_id(c) for c in f.phrasing_choices("train")} <= used, f.name
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_about_15_percent_of_a_shipped_split_uses_held_out_phrasings(split):
+    tasks = shipped_split(split)
+    assert 0.10 <= sum(t.held_out for t in tasks) / len(tasks) <= 0.20
 
 
 def test_the_train_stream_stays_in_train(train_stream):
@@ -140,8 +203,8 @@ def test_every_seed_prompt_is_a_family_phrasing_with_the_same_answer():
         for f in FAMILIES.values():
             if len(f.solutions) > 1:
                 continue
-            for template in f.phrasings:
-                match = _template_regex(template).fullmatch(prompt)
+            for combination in f.combinations:
+                match = _template_regex(f.template(combination)).fullmatch(prompt)
                 if match is None:
                     continue
                 try:
@@ -149,11 +212,12 @@ def test_every_seed_prompt_is_a_family_phrasing_with_the_same_answer():
                 except KeyError:  # the phrasing does not name every value the solution needs
                     continue
                 try:
-                    answers.append((f.name, program, run_reference(program)))
+                    answers.append((f.name, combination, program, run_reference(program)))
                 except Exception:  # a loose template (`Return {expr}`) also matches prompts it cannot solve
                     continue
-        assert any(out == expected for _, _, out in answers), (prompt, answers)
-        assert any(program == seed_solution for _, program, _ in answers), (prompt, answers)
+        assert any(out == expected for *_, out in answers), (prompt, answers)
+        # the seed's structure is trained: never a held-out combination
+        assert any(program == seed_solution and combination == (0, 0, 0) for _, combination, program, _ in answers)
 
 
 def test_convention_tasks_have_distractors_that_print_something_else(tasks_by_split):
@@ -184,7 +248,7 @@ def test_the_prompt_does_not_depend_on_the_wanted_reading():
             params = f.draw(rng)
             if params is None:
                 continue
-            phrasing = rng.randrange(len(f.phrasings))
+            phrasing = rng.choice(f.combinations)
             versions = [make_task(f, params, phrasing, r, "t", "test") for r in range(len(f.solutions))]
             if None in versions:
                 assert all(v is None for v in versions)
