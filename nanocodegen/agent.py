@@ -45,7 +45,7 @@ class Agent:
         t_start = time.perf_counter()
         episode = EpisodeRecord(
             id=task.id, prompt=task.prompt, expected=task.expected, solved=False,
-            family=task.family, tier=task.tier,
+            family=task.family, tier=task.tier, held_out=task.held_out,
         )
         first_prompt = task_ids(tok, task.prompt)
         context = list(first_prompt)

@@ -64,11 +64,14 @@ def summarize(episodes: list[dict], max_attempts: int, wall_seconds: float | Non
     if wall_seconds is not None:
         summary["wall_s"] = wall_seconds
         summary["tasks_per_s"] = len(episodes) / wall_seconds if wall_seconds else None
-    by_suite: dict[str, list[dict]] = {}
-    by_tier: dict[str, list[dict]] = {}
-    for e in episodes:
-        by_suite.setdefault(e.get("suite", ""), []).append(e)
-        by_tier.setdefault(str(e.get("tier", 0)), []).append(e)
-    summary["by_suite"] = {k: _rates(v, max_attempts) for k, v in sorted(by_suite.items())}
-    summary["by_tier"] = {k: _rates(v, max_attempts) for k, v in sorted(by_tier.items())}
+    groups = {
+        "by_suite": lambda e: e.get("suite", ""),
+        "by_tier": lambda e: str(e.get("tier", 0)),
+        "by_phrasing": lambda e: "held_out" if e.get("held_out") else "trained",
+    }
+    for name, key in groups.items():
+        split: dict[str, list[dict]] = {}
+        for e in episodes:
+            split.setdefault(key(e), []).append(e)
+        summary[name] = {k: _rates(v, max_attempts) for k, v in sorted(split.items())}
     return summary

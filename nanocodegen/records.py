@@ -78,3 +78,4 @@ class EpisodeRecord:
     suite: str = ""
     family: str = ""
     tier: int = 0
+    held_out: bool = False  # the task's phrasing was held out of training
