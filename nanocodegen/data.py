@@ -24,6 +24,9 @@ from nanocodegen.tokenizer import CodeTokenizer
 # positions late attempts reach are trained too.
 FAILURE_COUNTS, FAILURE_WEIGHTS = (1, 2, 3, 4), (0.55, 0.25, 0.12, 0.08)
 CANDIDATES_PER_TASK = 5
+# Underspecified tasks are drawn this many times as often, and shown with failures this often: their
+# repair episodes are the ones that can only be solved by reading the failed attempt.
+CONVENTION_WEIGHT, CONVENTION_REPAIR_FRACTION = 3, 0.85
 
 
 @dataclass
@@ -117,20 +120,29 @@ def assemble(t: TokenizedTask, failures: list[int]) -> tuple[list[int], list[int
 
 
 def sample_failures(t: TokenizedTask, rng: random.Random, repair_fraction: float) -> list[int]:
-    """Which failures an episode shows: none (a direct example) or a few, distractors first when the
-    task has them, since the other reading is the mistake a solver of such a task really makes."""
-    if not t.failures or rng.random() >= repair_fraction:
+    """Which failures an episode shows: none (a direct example) or a few.
+
+    For an underspecified task the failures shown are other readings (in random order, sometimes
+    followed by a corruption): the one mistake whose fix depends on the failed attempt, so these
+    episodes are what teaches the model to read its failure rather than ignore it. Other tasks show
+    corruptions of their solution.
+    """
+    if not t.failures:
         return []
-    k = min(rng.choices(FAILURE_COUNTS, FAILURE_WEIGHTS)[0], len(t.failures))
     distractors = list(range(t.distractor_count))
-    rng.shuffle(distractors)
     others = list(range(t.distractor_count, len(t.failures)))
     rng.shuffle(others)
-    if distractors and rng.random() < 0.8:
-        order = distractors + others
-    else:
-        order = others + distractors
-    return order[:k]
+    if distractors:
+        if rng.random() >= CONVENTION_REPAIR_FRACTION:
+            return []
+        rng.shuffle(distractors)
+        shown = distractors[: rng.randint(1, len(distractors))]
+        if others and rng.random() < 0.2:
+            shown.append(others[0])
+        return shown
+    if rng.random() >= repair_fraction:
+        return []
+    return others[: rng.choices(FAILURE_COUNTS, FAILURE_WEIGHTS)[0]]
 
 
 def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[int], list[int]]:
@@ -147,8 +159,9 @@ def episode_stream(
 ) -> Iterator[tuple[list[int], list[int]]]:
     """Endless shuffled episodes: each pass over the tasks draws fresh failure combinations."""
     rng = random.Random(seed)
+    weighted = [i for i, t in enumerate(tasks) for _ in range(CONVENTION_WEIGHT if t.distractor_count else 1)]
     for _epoch in itertools.count():
-        order = list(range(len(tasks)))
+        order = list(weighted)
         rng.shuffle(order)
         for i in order:
             yield fitted(tasks[i], sample_failures(tasks[i], rng, repair_fraction), max_len)
