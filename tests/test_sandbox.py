@@ -108,6 +108,8 @@ def test_a_raising_str_is_a_runtime_error(box):
 def test_syntax_error_in_the_sandbox(box):
     r = box.run("result = = 1")
     assert (r.status, r.error) == (Outcome.SYNTAX_ERROR, "invalid syntax (line 1)")
+    r = box.run("result = " + "-" * 100_000 + "1")  # the compiler runs out of memory: too deep
+    assert (r.status, r.error) == (Outcome.SYNTAX_ERROR, "the program is too deeply nested to compile")
 
 
 def test_infinite_loop_times_out_in_bounded_time(box):
