@@ -64,6 +64,7 @@ What this phase does NOT guarantee (the next hardening phase adds seccomp, names
 from __future__ import annotations
 
 import marshal
+import os
 import queue
 import shutil
 import socket
@@ -132,6 +133,7 @@ class _Server:
         self.sock: socket.socket | None = None
         self.base_dir = ""
         self.hello: dict | None = None
+        self.owner = 0  # pid of the process that started the server
 
     def start(self) -> None:
         if not sys.executable:
@@ -153,10 +155,11 @@ class _Server:
             )  # fmt: skip
         finally:
             theirs.close()
-        self.sock, self.hello = ours, None
+        self.sock, self.hello, self.owner = ours, None, os.getpid()
 
     def ensure_ready(self) -> dict:
-        if self.proc is None or self.proc.poll() is not None:
+        # A fork of the caller (a multiprocessing worker, say) must not share its parent's server.
+        if self.proc is None or self.owner != os.getpid() or self.proc.poll() is not None:
             self.stop()
             self.start()
         if self.hello is None:
@@ -186,7 +189,10 @@ class _Server:
         return reply
 
     def stop(self) -> None:
-        _stop(self.proc, self.sock, self.base_dir)
+        if self.owner == os.getpid():
+            _stop(self.proc, self.sock, self.base_dir)
+        elif self.sock is not None:
+            self.sock.close()  # our copy only: in a fork of the caller, the server is the parent's to stop
         self.proc, self.sock, self.hello, self.base_dir = None, None, None, ""
 
 

@@ -95,6 +95,13 @@ def prepare_server() -> dict:
     return features
 
 
+def trim_heap() -> None:
+    """Return free malloc memory to the kernel (glibc's malloc_trim; a no-op where libc lacks it)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
 def die_with_parent() -> None:
     """SIGKILL this process when its parent (the server) dies."""
     _libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)

@@ -518,8 +518,16 @@ def main(argv: list[str]) -> None:
     features = sandbox_os.prepare_server()
     server = Server(base_dir, limits, features)
     send_msg(client, {"pid": os.getpid(), "features": features})
-    gc.freeze()  # children share the server's objects; keep the collector from dirtying (copying) them
-    server.serve(client)
+    # Every fork copies the page-table entries of the server's private memory and every later write to a
+    # shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage, hand
+    # free heap back to the kernel, and keep the collector from touching the objects that remain.
+    gc.collect()
+    sandbox_os.trim_heap()
+    gc.freeze()
+    try:
+        server.serve(client)
+    finally:  # the client removes it too, unless it died first
+        sandbox_os.remove_tree(base_dir)
 
 
 if __name__ == "__main__":

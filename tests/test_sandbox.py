@@ -333,3 +333,22 @@ def test_bad_arguments_are_refused(box):
         box.run("x" * (Limits().code_chars + 1))
     with pytest.raises(ValueError, match="workers"):
         Sandbox(workers=0)
+
+
+def test_a_forked_caller_gets_its_own_server(box):
+    assert box.run("result = 1").ok
+    parent_pids = box.server_pids()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork uses (and at exit closes) its own server, never the parent's
+        try:
+            ok = box.run("result = 5").output == "5" and box.server_pids() != parent_pids
+            box.close()
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    os.close(w)
+    assert box.server_pids() == parent_pids and box.run("result = 6").output == "6"
