@@ -49,9 +49,9 @@ MAX_ERROR_CHARS = 200  # exception messages are cut to this, so feedback stays s
 SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
 EXIT_SETUP_FAILED = 70
 MAX_CPU_S = 602  # RLIMIT_CPU before a request sets it: the client's largest time limit (600 s) + 2
-# The child's fds while the program runs: 0 = /dev/null, 1 and 2 = stdout/stderr memfds, RESULT_FD = result
-# memfd. It sits high so that the program's own open() calls never land on it by accident; sandbox.py
-# says why a program that goes looking for it gains nothing.
+# The child's fds while the program runs: 0 = /dev/null, 1 and 2 = stdout/stderr memfds, RESULT_FD = the
+# write end of the result pipe. It sits high so that the program's own open() calls never land on it by
+# accident; sandbox.py says why a program that goes looking for it gains nothing.
 RESULT_FD = 255
 GO_FD = 254  # the pipe that brings the code; closed before the program runs
 READY_FD = 253  # the pipe on which the child says it is ready; closed before the program runs
@@ -68,7 +68,7 @@ _SIGNAL_NAMES = {
 
 # --- wire: 4-byte big-endian length, then marshal (client <-> server only; never data from a child) ---------
 
-HEADER = _LEN
+HEADER = _LEN  # the client frames its side the same way
 
 
 def encode_msg(obj: dict) -> bytes:
@@ -312,6 +312,7 @@ class Server:
             while (request := recv_msg(client)) is not None:
                 child, spare = spare, None
                 try:
+                    child = self.ready_child(child)
                     reply, spare = self.run(child, request)
                 except BaseException as e:
                     send_msg(client, {"fatal": f"{type(e).__name__}: {e}"})
@@ -345,20 +346,32 @@ class Server:
             pass  # the child got there first, or already died (run() will see that)
         return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir)
 
+    def ready_child(self, child: _Child) -> _Child:
+        """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
+        for _attempt in range(2):
+            if not select.select([child.ready], [], [], SETUP_TIMEOUT_S)[0]:
+                raise SetupFailed(f"a child was not ready after {SETUP_TIMEOUT_S:.0f} s")
+            ready = os.read(child.ready, 4096)
+            if ready == b"R" and not select.select([child.pidfd], [], [], 0)[0]:  # ready and still alive
+                return child
+            if ready.startswith(b"E"):  # + why: the kernel refused part of the set-up, and will again
+                raise SetupFailed(ready[1:].decode(errors="replace"))
+            self.finish(child)
+            child = self.spawn()
+        raise SetupFailed("two children in a row died during set-up")
+
     def run(self, child: _Child, request: dict) -> tuple[dict, _Child]:
-        """Run one program; returns the reply and the next child (forked while the program ran)."""
-        if not select.select([child.ready], [], [], SETUP_TIMEOUT_S)[0]:
-            raise SetupFailed(f"the child was not ready after {SETUP_TIMEOUT_S:.0f} s")
-        ready = os.read(child.ready, 4096)
-        if ready != b"R":
-            raise SetupFailed(ready[1:].decode(errors="replace") or "the child died during set-up")
+        """Run one program in a ready child; returns the reply and the next child (forked meanwhile)."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
         resource.prlimit(child.pid, resource.RLIMIT_CPU, (cpu_s, cpu_s))
         code = request["code"].encode("utf-8", "surrogatepass")
         start = time.perf_counter()  # the program's budget starts now: fork and set-up are behind us
-        _write_all(child.go, _LEN.pack(len(code)) + code)
+        try:
+            _write_all(child.go, _LEN.pack(len(code)) + code)
+        except BrokenPipeError:
+            pass  # the child died just now (killed from outside); _wait sees it exit
         spare = self.spawn()
         frame, timed_out = self._wait(child, start + timeout_ms / 1000)
         wall_ms = (time.perf_counter() - start) * 1000
@@ -450,7 +463,6 @@ class Server:
                     os.waitpid(pid, 0)
                 except ChildProcessError:
                     pass
-
 
     def _children(self) -> list[int]:
         try:  # os.open, not open(): this runs once per request, and file objects are costly here
