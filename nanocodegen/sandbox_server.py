@@ -527,17 +527,19 @@ def _tail(fd: int, size: int, n: int) -> str:
 def main(argv: list[str]) -> None:
     client = int(argv[1])
     limits, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
-    features = sandbox_os.prepare_server()
-    server = Server(base_dir, limits, features)
-    send_msg(client, {"pid": os.getpid(), "features": features})
-    # Every fork copies the page-table entries of the server's private memory and every later write to a
-    # shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage, hand
-    # free heap back to the kernel, and keep the collector from touching the objects that remain.
-    gc.collect()
-    sandbox_os.trim_heap()
-    gc.freeze()
     try:
+        features = sandbox_os.prepare_server()
+        server = Server(base_dir, limits, features)
+        send_msg(client, {"pid": os.getpid(), "features": features})
+        # Every fork copies the page-table entries of the server's private memory, and every later write to
+        # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
+        # hand free heap back to the kernel, and keep the collector from touching the objects that remain.
+        gc.collect()
+        sandbox_os.trim_heap()
+        gc.freeze()
         server.serve(client)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client died; its children die with this process (PR_SET_PDEATHSIG)
     finally:  # the client removes it too, unless it died first
         sandbox_os.remove_tree(base_dir)
 
