@@ -31,6 +31,7 @@ from __future__ import annotations
 import ast
 import threading
 import types
+import warnings
 
 from nanocodegen.records import Outcome, Verdict
 from nanocodegen.sandbox import Limits, RunResult, Sandbox
@@ -56,6 +57,13 @@ FORBIDDEN_ATTRIBUTES = frozenset(
 ALLOWED_DUNDER_ATTRIBUTES = frozenset({"__init__", "__name__", "__qualname__", "__doc__"})
 
 
+# ast.parse warns (SyntaxWarning, DeprecationWarning) about dubious literals in the code it reads. Those
+# are the candidate's business, not the caller's log's, so they are silenced for this pseudo-file only.
+# (A filter, not catch_warnings(): that swaps global state and is not thread-safe.)
+_FILENAME = "<candidate>"
+warnings.filterwarnings("ignore", module=_FILENAME)
+
+
 def _is_dunder(name: str) -> bool:
     return len(name) > 4 and name.startswith("__") and name.endswith("__")
 
@@ -63,7 +71,7 @@ def _is_dunder(name: str) -> bool:
 def _parse(code_str: str) -> tuple[ast.Module | None, str]:
     """(tree, "") or (None, the syntax error text). Catches every way the parser refuses input."""
     try:
-        return ast.parse(code_str), ""
+        return ast.parse(code_str, filename=_FILENAME), ""
     except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
         return None, syntax_error_text(e)
 

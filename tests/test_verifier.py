@@ -1,5 +1,8 @@
 """CodeVerifier: the sketch's API, its pipeline (size, syntax, safety, run, compare) and feedback texts."""
 
+import os
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -215,3 +218,14 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="workers"):
         CodeVerifier(workers=0)
     v.close()
+
+
+def test_parsing_a_candidate_prints_no_warnings():
+    # In a fresh interpreter: pytest's own warning capture would hide what a user's log would show.
+    code = (
+        "from nanocodegen.verifier import CodeVerifier\n"
+        "assert CodeVerifier.check_syntax('result = 1if 1 else 2') == (True, 'OK')\n"  # SyntaxWarning
+    )
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True, timeout=60)
+    assert (out.returncode, out.stderr) == (0, "")
