@@ -243,6 +243,9 @@ class Sandbox:
     def __init__(self, workers: int = 1, limits: Limits | None = None):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
+        if not sys.platform.startswith("linux"):
+            raise SandboxError(f"the sandbox needs Linux (memfd, pidfd, prctl), not {sys.platform}; run the "
+                               "benchmark on Linux, in a VM or a container")
         self.limits = limits or Limits()
         self._servers = [_Server(self.limits) for _ in range(workers)]
         self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
