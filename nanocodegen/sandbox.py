@@ -74,12 +74,13 @@ import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 
-from nanocodegen import sandbox_server
-from nanocodegen.sandbox_server import CRASHED, HEADER, OK, encode_msg
+from nanocodegen.sandbox_child import CRASHED, OK
+from nanocodegen.sandbox_os import HEADER, encode_msg
 
 __all__ = ["OK", "Limits", "RunResult", "Sandbox", "SandboxError"]
 
-_SERVER_SCRIPT = sandbox_server.__file__
+# Run as a script, never imported here: see its docstring.
+_SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_server.py")
 START_TIMEOUT_S = 30.0  # a server that has not said hello by then is not coming up
 REPLY_GRACE_S = 10.0  # on top of the program's time limit, before a silent server counts as hung
 

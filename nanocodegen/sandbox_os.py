@@ -1,4 +1,4 @@
-"""What the sandbox asks of the Linux kernel: prctl, Landlock, limits, cleanup. Used by the sandbox server.
+"""What the sandbox asks of the Linux kernel (prctl, Landlock, limits, cleanup), and its fd I/O and wire.
 
 Standard library only (ctypes for the calls the stdlib lacks). The later hardening phase (seccomp, user /
 network / pid namespaces, a read policy) belongs here: `prepare_server` for what is set once per server,
@@ -11,8 +11,10 @@ from __future__ import annotations
 import _signal
 import ctypes
 import io
+import marshal
 import os
 import resource
+import struct
 import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -140,6 +142,46 @@ def landlock_enforce(ruleset: int) -> None:
     """Confine the calling (single-threaded) process to `ruleset` for good; it and its children inherit it."""
     _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     os.close(ruleset)
+
+
+# --- the client <-> server wire: a 4-byte big-endian length, then marshal. Only ever between the client
+# and its own server (both trusted); a child's report has its own format (sandbox_child.py).
+
+HEADER = struct.Struct("!I")
+
+
+def encode_msg(obj: dict) -> bytes:
+    data = marshal.dumps(obj)
+    return HEADER.pack(len(data)) + data
+
+
+def send_msg(fd: int, obj: dict) -> None:
+    write_all(fd, encode_msg(obj))
+
+
+def recv_msg(fd: int) -> dict | None:
+    """The next message, or None on EOF between messages."""
+    head = read_exact(fd, HEADER.size)
+    return None if head is None else marshal.loads(read_exact(fd, HEADER.unpack(head)[0]) or b"")
+
+
+def read_exact(fd: int, n: int) -> bytes | None:
+    """n bytes from fd; None on EOF before the first byte, EOFError on EOF after it."""
+    buf = b""
+    while len(buf) < n:
+        chunk = os.read(fd, n - len(buf))
+        if not chunk:
+            if buf:
+                raise EOFError("the peer closed the channel in the middle of a message")
+            return None
+        buf += chunk
+    return buf
+
+
+def write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 def remove_tree(path: str) -> None:

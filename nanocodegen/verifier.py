@@ -35,7 +35,7 @@ import warnings
 
 from nanocodegen.records import Outcome, Verdict
 from nanocodegen.sandbox import Limits, RunResult, Sandbox
-from nanocodegen.sandbox_server import syntax_error_text, with_line
+from nanocodegen.sandbox_child import syntax_error_text, with_line
 from nanocodegen.tasks import TASK_BANK
 
 MAX_CODE_CHARS = 20_000  # far above any task's solution; bounds the parser's work in this process

@@ -9,7 +9,7 @@ import pytest
 
 from nanocodegen.records import Outcome
 from nanocodegen.sandbox import OK, Limits, Sandbox, SandboxError
-from nanocodegen.sandbox_server import _LEN, RESULT_FD, RESULT_MAGIC
+from nanocodegen.sandbox_child import LEN, RESULT_FD, RESULT_MAGIC
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +31,7 @@ def wait_gone(pid: int, seconds: float = 3.0) -> bool:
 
 def forged_report(output: str) -> bytes:
     body = b"ok\nr\n0\n0\n0\n" + output.encode()
-    return RESULT_MAGIC + _LEN.pack(len(body)) + body
+    return RESULT_MAGIC + LEN.pack(len(body)) + body
 
 
 # --- what a normal run reports ---------------------------------------------------------------------------
