@@ -4,14 +4,15 @@
         r = box.run("result = sum(range(10))", timeout_ms=100)
         r.status, r.output  # ("ok", "45")
 
-How it works. Each worker is a small server process (nanocodegen/sandbox_server.py, with the kernel calls
-in sandbox_os.py) started as a clean interpreter (`python -S -s -P`, a fixed environment,
-PYTHONHASHSEED=0) that imports only small stdlib modules and never torch, so forking it is cheap and safe
-however many threads the caller has. A child is forked and set up before its request arrives (the next
-one is forked while the current program runs; the finished one is reaped after the reply), so neither
-fork, set-up nor exit counts against the time limit or sits on a check's critical path. The child runs
-the code as a module body with the real builtins and a fresh globals dict; `str(result)` (or "None"
-when no global `result` exists) is the output.
+How it works. Each worker is a small server process (sandbox_server.py; the child's side is in
+sandbox_child.py, the kernel calls in sandbox_os.py) started as a clean interpreter (`python -S -s -P`, a
+fixed environment, PYTHONHASHSEED=0) that imports only small stdlib modules and never torch, so forking it
+is cheap and safe however many threads the caller has. A child is forked and set up before its request
+arrives (the next one is forked while the current program runs; the finished one is reaped after the
+reply), so neither fork, set-up nor exit counts against the time limit or sits on a check's critical
+path. The child runs the code as a module body with the real builtins and a fresh globals dict;
+`str(result)` (or "None" when no global `result` exists) is the output. Programs see the standard
+library only: no site-packages, and no `exit`/`quit`/`help` (those come from `site`).
 
 What a run reports: `RunResult.status` is OK (ran to the end; judging the output is the verifier's job) or
 one of the failure outcomes, spelled as `nanocodegen.records.Outcome` values:
