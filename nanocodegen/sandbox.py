@@ -31,7 +31,8 @@ directory (also HOME and TMPDIR) deleted after the run; its own process group, k
 PR_SET_PDEATHSIG so it dies with its server. Where the kernel has them (see `Sandbox.features`):
   - Landlock (ABI >= 1): no writes, deletes or exec anywhere but the private directory;
     ABI >= 4: no TCP bind/connect; ABI >= 6: no signals to, or abstract sockets of, outside processes.
-  - RLIMIT_NPROC = 0 when not root: no fork, no threads. (Root ignores this limit.)
+  - A seccomp filter (x86_64, aarch64): no fork, clone (so no threads either) or exec, and no syscalls
+    through another ABI (i386, x32). Also RLIMIT_NPROC = 0 when not root (root ignores that limit).
   - The server is a child subreaper: a descendant that leaves the process group is re-parented to it
     and killed after the run.
 
@@ -50,10 +51,12 @@ What this phase does NOT guarantee (the next hardening phase adds seccomp, names
   - Reads are not restricted: a program can read any file the user running the benchmark can read
     (the task files included) and list processes in /proc.
   - No network namespace: UDP and Unix-socket traffic is possible; TCP only where Landlock ABI >= 4.
-  - No seccomp filter: every syscall is reachable; kernel bugs are in scope for an attacker.
+  - Seccomp refuses only process creation and exec: every other syscall is reachable, so kernel bugs
+    are in scope for an attacker.
   - Without Landlock (old kernels) a program can write wherever the user can, and signal the user's
     other processes (the benchmark itself included); as root, much more.
-  - As root, fork() is not blocked; a fork loop that outruns the server's sweep could leave processes.
+  - On other architectures, as root, fork() is not blocked: a fork bomb can use up the machine's pids
+    until the time limit, and a fork loop that outruns the server's sweep could leave processes.
   - CPU and memory are per process, not per run: no cgroup caps the sum over the run's descendants.
   - cpu_ms and wall_ms cover compile + run + str(result) as the child measures them (for timeouts and
     crashes: the server's clock and wait4, set-up included); peak_rss_bytes includes the ~9 MB the

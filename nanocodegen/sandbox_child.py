@@ -169,6 +169,7 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads
     if ruleset >= 0:
         sandbox_os.landlock_enforce(RULESET_FD)
+    sandbox_os.forbid_new_processes()
     # Last: anything above may allocate.
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
 

@@ -1,9 +1,9 @@
-"""What the sandbox asks of the Linux kernel (prctl, Landlock, limits, cleanup), and its fd I/O and wire.
+"""What the sandbox asks of the Linux kernel (prctl, Landlock, seccomp, limits, cleanup); fd I/O and wire.
 
-Standard library only (ctypes for the calls the stdlib lacks). The later hardening phase (seccomp, user /
-network / pid namespaces, a read policy) belongs here: `prepare_server` for what is set once per server,
-`landlock_ruleset` + `landlock_enforce` for what each child gets. See nanocodegen/sandbox.py for what the
-isolation does and does not guarantee.
+Standard library only (ctypes for the calls the stdlib lacks). The later hardening phase (a full seccomp
+policy, user / network / pid namespaces, a read policy) belongs here: `prepare_server` for what is set once
+per server; `landlock_ruleset`, `landlock_enforce` and `forbid_new_processes` for what each child gets.
+See nanocodegen/sandbox.py for what the isolation does and does not guarantee.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import sys
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER, _PR_SET_SECCOMP = 1, 38, 36, 22
 # Landlock's syscall numbers are the same on every architecture.
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 
@@ -46,6 +46,55 @@ _FS_PRIVATE = (
 )  # fmt: skip
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
+
+
+# A seccomp filter that refuses to create processes or threads, or to exec: fork, vfork, clone, clone3,
+# execve, execveat fail with EPERM, as does every syscall made through another ABI (i386 int 0x80, x32),
+# which could reach them by other numbers. Everything else is allowed: the full syscall policy is the next
+# hardening phase's. Only where the syscall numbers are known; elsewhere fork is blocked for non-root only.
+_NO_PROCESS_SYSCALLS = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
+    "x86_64": (0xC000003E, (56, 57, 58, 59, 322, 435)),  # clone fork vfork execve execveat clone3
+    "aarch64": (0xC00000B7, (220, 221, 281, 435)),  # clone execve execveat clone3 (no fork/vfork)
+}
+_X32_SYSCALL_BIT = 0x40000000
+_SECCOMP_MODE_FILTER, _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
+_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
+
+
+class _SockFilter(ctypes.Structure):
+    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8)]
+    _fields_ += [("k", ctypes.c_uint32)]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
+
+
+def _no_process_filter() -> _SockFprog | None:
+    known = _NO_PROCESS_SYSCALLS.get(os.uname().machine)
+    if known is None:
+        return None
+    arch, numbers = known
+    deny = _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1)  # EPERM
+    allow = _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW)
+    # Jump offsets count instructions after the current one; `to_deny(i)` reaches the last instruction.
+    n = 4 + len(numbers)  # instructions before `allow`
+    to_deny = lambda i: n + 1 - (i + 1)  # noqa: E731
+    prog = [
+        _SockFilter(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
+        _SockFilter(_BPF_JEQ_K, 0, to_deny(1), arch),
+        _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
+        _SockFilter(_BPF_JGE_K, to_deny(3), 0, _X32_SYSCALL_BIT),
+    ]
+    prog += [_SockFilter(_BPF_JEQ_K, to_deny(4 + j), 0, nr) for j, nr in enumerate(numbers)]
+    prog += [allow, deny]
+    array = (_SockFilter * len(prog))(*prog)
+    fprog = _SockFprog(len(prog), array)
+    fprog._keep = array  # the struct points into the array: keep it alive with it
+    return fprog
+
+
+_NO_PROCESS_FILTER = _no_process_filter()  # built once, in the server; each child only installs it
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -78,7 +127,8 @@ def prepare_server() -> dict:
         "fs_write_confined": abi >= 1,
         "tcp_blocked": abi >= 4,
         "signals_scoped": abi >= 6,
-        "fork_blocked": FORK_LIMIT_BINDS,
+        "fork_blocked": FORK_LIMIT_BINDS or _NO_PROCESS_FILTER is not None,
+        "seccomp_no_process": _NO_PROCESS_FILTER is not None,
         # Descendants that leave a child's process group are re-parented here, so the server can kill them.
         "subreaper": _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0,
     }
@@ -95,6 +145,14 @@ def prepare_server() -> dict:
         io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
     )
     return features
+
+
+def forbid_new_processes() -> None:
+    """Install the no-fork/no-exec seccomp filter on the calling process (needs no_new_privs, set by
+    prepare_server); it and anything it could start inherit it. A no-op where the filter is unknown."""
+    if _NO_PROCESS_FILTER is not None:
+        ret = _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(_NO_PROCESS_FILTER), 0, 0)
+        _check(ret, "prctl(PR_SET_SECCOMP)")
 
 
 def trim_heap() -> None:

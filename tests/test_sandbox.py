@@ -242,7 +242,21 @@ def test_program_cannot_kill_its_server(box):
     assert box.run("result = 2 + 2").output == "4"
 
 
+def test_no_processes_threads_or_exec(box):
+    if not box.features["fork_blocked"]:
+        pytest.skip("neither seccomp nor RLIMIT_NPROC can block fork here (root, unknown architecture)")
+    for code in ("import os\nos.fork()", "import subprocess\nsubprocess.run(['true'])"):
+        r = box.run(code)
+        assert r.status == Outcome.RUNTIME_ERROR and r.error.endswith("(line 2)"), r.error
+    r = box.run("import threading\nthreading.Thread(target=print).start()")
+    assert r.error == "RuntimeError: can't start new thread (line 2)"
+    if box.features["seccomp_no_process"]:
+        r = box.run("import os\nos.execv('/bin/true', ['true'])")
+        assert r.error == "PermissionError: [Errno 1] Operation not permitted (line 2)"
+
+
 def test_escaped_grandchild_is_killed(box):
+    # Where fork is blocked this is a runtime error; elsewhere the server's sweep must catch the escapee.
     code = (
         "import os, time\n"
         "pid = os.fork()\n"
