@@ -27,8 +27,8 @@ Error texts are short and deterministic: no host paths, addresses, pids or timin
 
 Limits on every child: wall-clock kill; RLIMIT_CPU as a backstop; RLIMIT_AS; RLIMIT_FSIZE (caps stdout,
 stderr and files alike); RLIMIT_NOFILE; no core dumps; stdin is /dev/null; a private, empty working
-directory (also HOME and TMPDIR) deleted after the run; its own process group, killed when the run ends;
-PR_SET_PDEATHSIG so it dies with its server. Where the kernel has them (see `Sandbox.features`):
+directory (HOME and TMPDIR are ".") deleted after the run; its own process group, killed when the run
+ends; PR_SET_PDEATHSIG so it dies with its server. Where the kernel has them (see `Sandbox.features`):
   - Landlock (ABI >= 1): no writes, deletes or exec anywhere but the private directory;
     ABI >= 4: no TCP bind/connect; ABI >= 6: no signals to, or abstract sockets of, outside processes.
   - A seccomp filter (x86_64, aarch64): no fork, clone (so no threads either) or exec, and no syscalls
@@ -151,8 +151,9 @@ class _Server:
             str(theirs.fileno()), marshal.dumps(asdict(self.limits)).hex(), self.base_dir,
         ]  # fmt: skip
         # A fixed environment (PYTHON* variables from the caller would change the interpreter) and a new
-        # session (Ctrl-C in the terminal reaches the caller, which then closes the pool).
-        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0"}
+        # session (Ctrl-C in the terminal reaches the caller, which then closes the pool). HOME and TMPDIR
+        # are "." so that they name each child's private working directory without a per-child update.
+        env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "HOME": ".", "TMPDIR": "."}
         try:
             self.proc = subprocess.Popen(
                 cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

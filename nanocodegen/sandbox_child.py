@@ -158,8 +158,7 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
     # server's stdin, /dev/null.
     os.closerange(3, RULESET_FD)
     os.closerange(RESULT_FD + 1, sandbox_os.MAX_FD)
-    os.chdir(run_dir)
-    os.environ["HOME"] = os.environ["TMPDIR"] = run_dir
+    os.chdir(run_dir)  # also HOME and TMPDIR, which the server's environment sets to "."
     # Hard limits: once lowered, the program cannot raise them again. RLIMIT_CPU waits for the request
     # (the server lowers it to fit the time limit then), since raising a hard limit takes privilege.
     resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_S, MAX_CPU_S))

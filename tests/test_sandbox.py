@@ -384,3 +384,9 @@ def test_pool_survives_its_waiting_child_being_killed():
             time.sleep(0.001)
         r = sandbox.run("result = 2")
         assert (r.status, r.output) == (OK, "2") and sandbox.server_pids() == [server]
+
+
+def test_tempfiles_go_to_the_private_dir(box):
+    code = "import os, tempfile\nwith tempfile.NamedTemporaryFile() as f:\n"
+    r = box.run(code + "    result = os.path.dirname(f.name) == os.getcwd()")
+    assert (r.status, r.output) == (OK, "True")
