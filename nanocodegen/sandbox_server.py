@@ -46,6 +46,7 @@ from sandbox_child import (  # noqa: E402
 del sys.path[0]
 
 SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
+QUICK_S = 0.001  # a program done within this is answered before the next child is forked
 _SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
 _SIGNAL_NAMES = {
     v: k for k, v in vars(_signal).items()
@@ -63,16 +64,21 @@ class SetupFailed(RuntimeError):
 class _Child:
     # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
     __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run_dir", "reaped", "status", "usage")
+    __slots__ += ("report", "watch")
 
     def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir):
         self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
         self.out, self.err, self.res, self.run_dir = out, err, res, run_dir
         self.reaped, self.status, self.usage = False, 0, None
+        self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
 
 
 class Server:
-    """Runs requests one at a time. The next child is forked while the current program runs, and the
-    current child is reaped after the reply is sent, so neither fork nor exit is on the critical path."""
+    """Runs requests one at a time, each in a child forked and set up before the request came. The next
+    child is forked after the reply, or, if the program is still running after QUICK_S, while it runs;
+    the used child is reaped after the reply. So fork, set-up and exit stay off a request's critical path
+    when the caller leaves the server any time between requests, and overlap the program when it is slow.
+    """
 
     def __init__(self, base_dir: str, limits: dict, features: dict):
         self.base_dir, self.limits, self.features = base_dir, limits, features
@@ -93,6 +99,8 @@ class Server:
                     sandbox_os.send_msg(client, {"fatal": f"{type(e).__name__}: {e}"})
                     raise
                 sandbox_os.send_msg(client, reply)
+                if spare is None:
+                    spare = self.spawn()  # first, so that it sets itself up while we clean up
                 self.finish(child)
         finally:
             if spare is not None:
@@ -135,8 +143,8 @@ class Server:
             child = self.spawn()
         raise SetupFailed("two children in a row died during set-up")
 
-    def run(self, child: _Child, request: dict) -> tuple[dict, _Child]:
-        """Run one program in a ready child; returns the reply and the next child (forked meanwhile)."""
+    def run(self, child: _Child, request: dict) -> tuple[dict, _Child | None]:
+        """Run one program in a ready child; returns the reply and the next child if it forked one."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
@@ -147,34 +155,38 @@ class Server:
             sandbox_os.write_all(child.go, LEN.pack(len(code)) + code)
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
-        spare = self.spawn()
-        frame, timed_out = self._wait(child, start + timeout_ms / 1000)
+        deadline, spare = start + timeout_ms / 1000, None
+        state = self._wait(child, min(deadline, start + QUICK_S))
+        if state == "running":
+            spare = self.spawn()  # a slow program: fork the next child while it runs
+            state = self._wait(child, deadline)
         wall_ms = (time.perf_counter() - start) * 1000
+        frame, timed_out = (child.report if state == "report" else None), state == "running"
         _kill(child.pid)  # done or out of time; a program that forged its report early stops here too
         _kill_group(child.pid)
         if frame is None:  # no report: the exit status says why, so reap now
             self._reap(child)
         return self._classify(child, frame, timed_out, wall_ms, timeout_ms), spare
 
-    def _wait(self, child: _Child, deadline: float) -> tuple[bytes | None, bool]:
-        """(the child's report once complete, or None if it exited without one; whether time ran out)."""
-        buf, fds, limit = b"", [child.res, child.pidfd], self.limits["result_chars"] * 4 + 4096
+    def _wait(self, child: _Child, until: float) -> str:
+        """"report" once child.report holds a complete one, "exited" if the child ended without one, or
+        "running" if `until` passed first (call again to wait longer)."""
+        limit = self.limits["result_chars"] * 4 + 4096
         while True:
-            # Past the deadline this still polls once, so a report that was in time counts even if the
-            # server (busy forking the spare) looks late.
-            remaining = max(0.0, deadline - time.perf_counter())
-            readable = select.select(fds, [], [], remaining)[0]
+            # Past `until` this still polls once, so a report that was in time counts even if the server
+            # (busy forking the spare) looks late.
+            readable = select.select(child.watch, [], [], max(0.0, until - time.perf_counter()))[0]
             if not readable:
-                return None, True
+                return "running"
             if child.res in readable:
                 chunk = os.read(child.res, 65536)
                 if not chunk:  # EOF: the child exited, or the program closed the channel
-                    fds.remove(child.res)
-                buf += chunk
-                if len(buf) > limit or _frame_complete(buf):
-                    return buf, False  # (one too long is not ours; _parse_frame rejects it)
+                    child.watch.remove(child.res)
+                child.report += chunk
+                if len(child.report) > limit or _frame_complete(child.report):
+                    return "report"  # (one too long is not ours; _parse_frame rejects it)
             elif child.pidfd in readable:
-                return None, False
+                return "exited"
 
     def _classify(self, child: _Child, frame: bytes | None, timed_out: bool, wall_ms: float, timeout_ms: int):
         tail, cap = self.limits["tail_bytes"], self.limits["output_bytes"]

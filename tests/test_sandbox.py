@@ -29,6 +29,15 @@ def wait_gone(pid: int, seconds: float = 3.0) -> bool:
     return False
 
 
+def state(pid: int) -> str:
+    """The process's state letter from /proc ("S" sleeping, "Z" zombie, ...), "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
 def forged_report(output: str) -> bytes:
     body = b"ok\nr\n0\n0\n0\n" + output.encode()
     return RESULT_MAGIC + LEN.pack(len(body)) + body
@@ -376,11 +385,11 @@ def test_pool_survives_its_waiting_child_being_killed():
         while time.monotonic() < deadline:  # until the used child is reaped and only the spare is left
             with open(f"/proc/{server}/task/{server}/children") as f:
                 children = [int(p) for p in f.read().split()]
-            if len(children) == 1:
+            if len(children) == 1 and state(children[0]) == "S":  # asleep, waiting for a request
                 break
         (spare,) = children  # the child forked for the next request
         os.kill(spare, signal.SIGKILL)
-        while open(f"/proc/{spare}/stat").read().split()[2] != "Z":  # dead, not yet reaped
+        while state(spare) != "Z":  # dead, not yet reaped
             time.sleep(0.001)
         r = sandbox.run("result = 2")
         assert (r.status, r.output) == (OK, "2") and sandbox.server_pids() == [server]
