@@ -78,7 +78,7 @@ import tempfile
 import weakref
 from dataclasses import asdict, dataclass
 
-from nanocodegen.sandbox_child import CRASHED, OK
+from nanocodegen.sandbox_child import CRASHED, MAX_TIMEOUT_MS, OK
 from nanocodegen.sandbox_os import HEADER, encode_msg
 
 __all__ = ["OK", "Limits", "RunResult", "Sandbox", "SandboxError"]
@@ -270,8 +270,8 @@ class Sandbox:
         """Run `code` in a fresh child; never raises for anything the program does."""
         if not isinstance(code, str):
             raise TypeError(f"code must be a str, got {type(code).__name__}")
-        if not 0 < timeout_ms <= 600_000:
-            raise ValueError(f"timeout_ms must be in (0, 600000], got {timeout_ms}")
+        if not 0 < timeout_ms <= MAX_TIMEOUT_MS:
+            raise ValueError(f"timeout_ms must be in (0, {MAX_TIMEOUT_MS}], got {timeout_ms}")
         if len(code) > self.limits.code_chars:
             raise ValueError(f"code is {len(code)} characters; Limits.code_chars is {self.limits.code_chars}")
         request = {"code": code, "timeout_ms": timeout_ms}

@@ -32,7 +32,8 @@ CRASHED = "crashed"
 FILENAME = "<code>"  # the program's compile() filename: tracebacks name no host path
 MAX_ERROR_CHARS = 200  # exception messages are cut to this, so feedback stays short
 EXIT_SETUP_FAILED = 70
-MAX_CPU_S = 602  # RLIMIT_CPU before a request sets it: the client's largest time limit (600 s) + 2
+MAX_TIMEOUT_MS = 600_000  # the largest time limit a request may ask for
+MAX_CPU_S = MAX_TIMEOUT_MS // 1000 + 2  # RLIMIT_CPU until the server lowers it to fit the request's limit
 # The child's fds while the program runs: 0 = /dev/null, 1 and 2 = stdout/stderr memfds, RESULT_FD = the
 # write end of the result pipe. It sits high so that the program's own open() calls never land on it by
 # accident; sandbox.py says why a program that goes looking for it gains nothing.

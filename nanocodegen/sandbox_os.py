@@ -121,6 +121,11 @@ def landlock_abi() -> int:
 
 def prepare_server() -> dict:
     """Set up the server process once, for everything its children share; return the features in use."""
+    global _NO_PROCESS_FILTER
+    # No set-uid gains after exec (required by Landlock and seccomp); the server itself never execs.
+    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
+    if _NO_PROCESS_FILTER is not None and not _filter_installs():
+        _NO_PROCESS_FILTER = None  # a kernel without seccomp filters: fall back to RLIMIT_NPROC
     abi = landlock_abi()
     features = {
         "landlock_abi": abi,
@@ -132,8 +137,6 @@ def prepare_server() -> dict:
         # Descendants that leave a child's process group are re-parented here, so the server can kill them.
         "subreaper": _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0,
     }
-    # No set-uid gains after exec (required by Landlock); the server itself never execs.
-    _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # Python ignores SIGXFSZ; the default action kills a child the moment it passes the output cap.
     _signal.signal(_signal.SIGXFSZ, _signal.SIG_DFL)
@@ -153,6 +156,18 @@ def forbid_new_processes() -> None:
     if _NO_PROCESS_FILTER is not None:
         ret = _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(_NO_PROCESS_FILTER), 0, 0)
         _check(ret, "prctl(PR_SET_SECCOMP)")
+
+
+def _filter_installs() -> bool:
+    """Whether this kernel accepts the filter: try it in a throwaway child (it cannot be taken back)."""
+    pid = os.fork()
+    if pid == 0:
+        try:
+            forbid_new_processes()
+            os._exit(0)
+        finally:
+            os._exit(1)
+    return os.waitpid(pid, 0)[1] == 0
 
 
 def trim_heap() -> None:
