@@ -46,7 +46,8 @@ from sandbox_child import (  # noqa: E402
 del sys.path[0]
 
 SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
-QUICK_S = 0.001  # a program done within this is answered before the next child is forked
+QUICK_S = 0.001  # a program done within this is answered before the next child is forked...
+IDLE_S = 0.0005  # ...if the server waited at least this long for its request (else the caller is in a loop)
 _SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
 _SIGNAL_NAMES = {
     v: k for k, v in vars(_signal).items()
@@ -74,10 +75,11 @@ class _Child:
 
 
 class Server:
-    """Runs requests one at a time, each in a child forked and set up before the request came. The next
-    child is forked after the reply, or, if the program is still running after QUICK_S, while it runs;
-    the used child is reaped after the reply. So fork, set-up and exit stay off a request's critical path
-    when the caller leaves the server any time between requests, and overlap the program when it is slow.
+    """Runs requests one at a time, each in a child forked and set up before the request came; the used
+    child is reaped after the reply. When the caller leaves gaps between requests (the agent loop: the
+    model generates), the next child is forked after the reply, in the gap, unless the program is still
+    running after QUICK_S. When requests come back to back there is no gap to hide it in, and the next
+    child is forked while the program runs instead.
     """
 
     def __init__(self, base_dir: str, limits: dict, features: dict):
@@ -90,11 +92,15 @@ class Server:
     def serve(self, client: int) -> None:
         spare = self.spawn()
         try:
-            while (request := sandbox_os.recv_msg(client)) is not None:
+            while True:
+                waited = time.perf_counter()
+                if (request := sandbox_os.recv_msg(client)) is None:
+                    break
+                quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
                 child, spare = spare, None
                 try:
                     child = self.ready_child(child)
-                    reply, spare = self.run(child, request)
+                    reply, spare = self.run(child, request, quick_s)
                 except BaseException as e:
                     sandbox_os.send_msg(client, {"fatal": f"{type(e).__name__}: {e}"})
                     raise
@@ -143,8 +149,9 @@ class Server:
             child = self.spawn()
         raise SetupFailed("two children in a row died during set-up")
 
-    def run(self, child: _Child, request: dict) -> tuple[dict, _Child | None]:
-        """Run one program in a ready child; returns the reply and the next child if it forked one."""
+    def run(self, child: _Child, request: dict, quick_s: float) -> tuple[dict, _Child | None]:
+        """Run one program in a ready child; returns the reply and the next child if it forked one (when
+        the program was not done within `quick_s`)."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
@@ -156,7 +163,7 @@ class Server:
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
-        state = self._wait(child, min(deadline, start + QUICK_S))
+        state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
             spare = self.spawn()  # a slow program: fork the next child while it runs
             state = self._wait(child, deadline)
