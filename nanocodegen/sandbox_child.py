@@ -1,0 +1,221 @@
+"""What runs inside a sandbox child: set-up, the program, its report; and the outcome vocabulary.
+
+The sandbox server (sandbox_server.py) forks a child per program; the child runs `child_main` and never
+returns. Standard library only, like the server. The feedback texts built here and in the server are
+shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import resource
+import struct
+import sys
+import time
+
+if __package__:  # nanocodegen.sandbox_child, imported by the client side for the texts and statuses
+    from nanocodegen import sandbox_os
+else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_os
+
+# Statuses a run can end in. Apart from OK ("ran to the end; the verifier judges the output") these are the
+# string values of nanocodegen.records.Outcome (not imported: the server must not import the package).
+OK = "ok"
+SYNTAX_ERROR = "syntax_error"
+RUNTIME_ERROR = "runtime_error"
+TIMEOUT = "timeout"
+MEMORY_LIMIT = "memory_limit"
+OUTPUT_LIMIT = "output_limit"
+CRASHED = "crashed"
+
+FILENAME = "<code>"  # the program's compile() filename: tracebacks name no host path
+MAX_ERROR_CHARS = 200  # exception messages are cut to this, so feedback stays short
+EXIT_SETUP_FAILED = 70
+MAX_TIMEOUT_MS = 600_000  # the largest time limit a request may ask for
+MAX_CPU_S = MAX_TIMEOUT_MS // 1000 + 2  # RLIMIT_CPU until the server lowers it to fit the request's limit
+# The child's fds while the program runs: 0 = /dev/null, 1 and 2 = stdout/stderr memfds, RESULT_FD = the
+# write end of the result pipe. It sits high so that the program's own open() calls never land on it by
+# accident; sandbox.py says why a program that goes looking for it gains nothing.
+RESULT_FD = 255
+GO_FD = 254  # the pipe that brings the code; closed before the program runs
+READY_FD = 253  # the pipe on which the child says it is ready; closed before the program runs
+RULESET_FD = 252  # the Landlock ruleset the server built for this child; closed once enforced
+# The report: RESULT_MAGIC, a 4-byte big-endian length, then "status\nflags\ncpu_ms\nwall_ms\nrss_kib\n"
+# and the output (OK) or the error text, UTF-8.
+RESULT_MAGIC = b"NCG1\n"
+LEN = struct.Struct("!I")
+
+
+# --- feedback texts (shown to the model: short, deterministic, no host paths) -------------------------------
+
+
+def format_size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+def with_line(text: str, line: int | None) -> str:
+    return f"{text} (line {line})" if line else text
+
+
+def syntax_error_text(e: BaseException) -> str:
+    """Text for anything compile()/ast.parse() raise: SyntaxError (and Indentation/TabError), ValueError
+    for NUL bytes on some 3.11 releases, RecursionError/MemoryError for too deeply nested code."""
+    if isinstance(e, SyntaxError):
+        if "null bytes" in str(e.msg):
+            return "source code cannot contain null bytes"
+        return with_line(_one_line(str(e.msg or "invalid syntax")), e.lineno)
+    if isinstance(e, ValueError) and "null bytes" in str(e):
+        return "source code cannot contain null bytes"
+    if isinstance(e, RecursionError | MemoryError):
+        return "the program is too deeply nested to compile"
+    return _one_line(f"{type(e).__name__}: {e}")
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def scrub(text: str, run_dir: str) -> str:
+    """Remove what differs between runs or hosts: the private dir, interpreter paths, object addresses."""
+    for path, name in ((run_dir, "."), (sys.prefix, "<python>"), (sys.base_prefix, "<python>")):
+        text = text.replace(path, name)
+    # "0x7f3a2c...": an address in a default repr. (No `re`: it is another megabyte in every child.)
+    parts = text.split("0x")
+    for i in range(1, len(parts)):
+        digits = len(parts[i]) - len(parts[i].lstrip("0123456789abcdefABCDEF"))
+        if digits >= 4:
+            parts[i] = "..." + parts[i][digits:]
+    return "0x".join(parts)
+
+
+def user_line(tb) -> int | None:
+    """Line of the innermost traceback frame that is the program's own code."""
+    line = None
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename == FILENAME:
+            line = tb.tb_lineno
+        tb = tb.tb_next
+    return line
+
+
+def exception_text(e: BaseException, run_dir: str) -> str:
+    try:
+        message = str(e)
+    except BaseException:  # a hostile __str__; the type name alone still says what happened
+        message = ""
+    message = _one_line(scrub(message, run_dir))
+    if len(message) > MAX_ERROR_CHARS:
+        message = message[: MAX_ERROR_CHARS - 3] + "..."
+    text = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    return with_line(text, user_line(e.__traceback__))
+
+
+# --- the child: set up, wait for the program, run it, report, exit ------------------------------------------
+
+
+def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
+    """Body of a forked child; never returns. fds = (ready pipe, go pipe, stdout, stderr, result pipe)."""
+    try:
+        try:
+            _set_up_child(fds, run_dir, ruleset, limits, server)
+            os.write(READY_FD, b"R")
+        except BaseException as e:
+            # Tell the server why (it raises this to the client), then die: a half-set-up child must not run.
+            for fd in (READY_FD, fds[0]):  # after or before the dup2 in _set_up_child
+                try:
+                    os.write(fd, f"E{type(e).__name__}: {e}".encode())
+                    break
+                except OSError:
+                    continue
+            raise
+        os.close(READY_FD)
+        (n,) = LEN.unpack(sandbox_os.read_exact(GO_FD, LEN.size))
+        code = sandbox_os.read_exact(GO_FD, n).decode("utf-8", "surrogatepass")
+        os.close(GO_FD)
+        _run_program(code, run_dir, limits)
+    finally:
+        os._exit(EXIT_SETUP_FAILED)
+
+
+def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
+    # What is the same for every child (no core dumps, SIGXFSZ, UTF-8 stdio, no_new_privs) the server did
+    # once; what is left here is per run. It runs before the program's clock starts, overlapping the
+    # previous program; page faults (copy-on-write) are most of its cost, so it touches little.
+    sandbox_os.die_with_parent()
+    if os.getppid() != server:  # the server died before the line above took effect
+        os._exit(EXIT_SETUP_FAILED)
+    os.setpgid(0, 0)  # own process group: the server kills the whole group when the run ends
+    ready, go, out, err, res = fds
+    moves = [(out, 1), (err, 2), (res, RESULT_FD), (go, GO_FD), (ready, READY_FD)]
+    if ruleset >= 0:
+        moves.append((ruleset, RULESET_FD))
+    for src, dst in moves:
+        os.dup2(src, dst)
+    # Close everything else the server holds: its client socket, other children's pipes. fd 0 is the
+    # server's stdin, /dev/null.
+    os.closerange(3, RULESET_FD)
+    os.closerange(RESULT_FD + 1, sandbox_os.MAX_FD)
+    os.chdir(run_dir)  # also HOME and TMPDIR, which the server's environment sets to "."
+    # Hard limits: once lowered, the program cannot raise them again. RLIMIT_CPU waits for the request
+    # (the server lowers it to fit the time limit then), since raising a hard limit takes privilege.
+    resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_S, MAX_CPU_S))
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["output_bytes"],) * 2)  # stdout, stderr and any file
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["open_files"],) * 2)
+    if sandbox_os.FORK_LIMIT_BINDS:
+        resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads
+    if ruleset >= 0:
+        sandbox_os.landlock_enforce(RULESET_FD)
+    sandbox_os.forbid_new_processes()
+    # Last: anything above may allocate.
+    resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
+
+
+def _run_program(code: str, run_dir: str, limits: dict) -> None:
+    """Run the program as a module body, write one result frame to RESULT_FD, exit. Never returns."""
+    # Bound before the program runs: it may rebind sys.stdout or module attributes, not these locals.
+    write, exit_, clock, usage, streams = os.write, os._exit, time.perf_counter, resource.getrusage, (
+        sys.stdout, sys.stderr)  # fmt: skip
+    start, before = clock(), usage(resource.RUSAGE_SELF)
+    status, text, flags = _execute(code, run_dir, limits)
+    for stream in streams:
+        try:
+            stream.flush()
+        except BaseException:  # past the output cap (the server sees the size) or closed by the program
+            pass
+    wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
+    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{after.ru_maxrss}\n".encode()
+    body += text.encode("utf-8", "surrogatepass")
+    data = RESULT_MAGIC + LEN.pack(len(body)) + body
+    while data:
+        data = data[write(RESULT_FD, data) :]
+    exit_(0)
+
+
+def _execute(code: str, run_dir: str, limits: dict) -> tuple[str, str, str]:
+    """(status, output or error text, flags); flags: "r" = a global `result` exists, "t" = output cut."""
+    try:
+        program = compile(code, FILENAME, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
+        return SYNTAX_ERROR, syntax_error_text(e), ""
+    # Real builtins and a fresh module namespace: isolation is the OS's job, not a restricted dict's.
+    namespace = {"__name__": "__main__", "__builtins__": builtins}
+    memory_line = 0
+    try:
+        exec(program, namespace)
+        has_result = "result" in namespace
+        output = str(namespace["result"]) if has_result else "None"
+    except MemoryError as e:
+        memory_line = user_line(e.__traceback__) or -1
+    except BaseException as e:  # SystemExit and KeyboardInterrupt too: the program raised them, report them
+        return RUNTIME_ERROR, exception_text(e, run_dir), ""
+    if memory_line:
+        namespace.clear()  # free what the program holds before building the report
+        text = f"exceeded the memory limit of {format_size(limits['memory_bytes'])}"
+        return MEMORY_LIMIT, with_line(text, memory_line if memory_line > 0 else None), ""
+    cap = limits["result_chars"]
+    return OK, output[:cap], ("r" if has_result else "") + ("t" if len(output) > cap else "")

@@ -1,0 +1,342 @@
+"""Sandbox server: runs untrusted Python, one disposable pre-forked child per program.
+
+`nanocodegen.sandbox.Sandbox` starts this file as a script in a clean interpreter, so the server never
+imports torch or the nanocodegen package (whose __init__ may):
+
+    python -S -s -P -B -X utf8 nanocodegen/sandbox_server.py FD LIMITS BASE_DIR
+
+It imports only small stdlib modules, because every page the server maps is copied into each child's page
+tables at fork and every page a child touches is copied on write; both are the per-run cost. It speaks
+length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello
+{"pid", "features"}, then one reply per request {"code": str, "timeout_ms": int}; EOF means shut down.
+The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does
+and does not guarantee is written in nanocodegen/sandbox.py.
+"""
+
+from __future__ import annotations
+
+import _signal  # the C half of `signal`, which would also import enum (a megabyte per child)
+import gc
+import marshal
+import os
+import resource
+import select
+import sys
+import time
+
+# sandbox_child and sandbox_os sit next to this file. -P keeps this directory off sys.path: add it for these
+# imports only, so that programs cannot import the package's other modules by name.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_os  # noqa: E402
+from sandbox_child import (  # noqa: E402
+    CRASHED,
+    LEN,
+    MAX_ERROR_CHARS,
+    MEMORY_LIMIT,
+    OK,
+    OUTPUT_LIMIT,
+    RESULT_MAGIC,
+    RUNTIME_ERROR,
+    SYNTAX_ERROR,
+    TIMEOUT,
+    child_main,
+    format_size,
+)
+
+del sys.path[0]
+
+SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
+QUICK_S = 0.001  # a program done within this is answered before the next child is forked...
+IDLE_S = 0.0005  # ...if the server waited at least this long for its request (else the caller is in a loop)
+_SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
+_SIGNAL_NAMES = {
+    v: k for k, v in vars(_signal).items()
+    if k.startswith("SIG") and not k.startswith("SIG_") and k not in ("SIGIOT", "SIGCLD", "SIGPOLL")
+}  # fmt: skip
+
+
+# --- the server: a pre-forked child waits ready; each request uses it up -----------------------------------
+
+
+class SetupFailed(RuntimeError):
+    """A child could not be set up (the kernel refused a limit or a Landlock call)."""
+
+
+class _Child:
+    # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
+    __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run_dir", "reaped", "status", "usage")
+    __slots__ += ("report", "watch")
+
+    def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir):
+        self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
+        self.out, self.err, self.res, self.run_dir = out, err, res, run_dir
+        self.reaped, self.status, self.usage = False, 0, None
+        self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
+
+
+class Server:
+    """Runs requests one at a time, each in a child forked and set up before the request came; the used
+    child is reaped after the reply. When the caller leaves gaps between requests (the agent loop: the
+    model generates), the next child is forked after the reply, in the gap, unless the program is still
+    running after QUICK_S. When requests come back to back there is no gap to hide it in, and the next
+    child is forked while the program runs instead.
+    """
+
+    def __init__(self, base_dir: str, limits: dict, features: dict):
+        self.base_dir, self.limits, self.features = base_dir, limits, features
+        self.pid = os.getpid()
+        self.count = 0
+        self.live: set[int] = set()  # children forked and not yet finished
+        self.children_path = f"/proc/self/task/{self.pid}/children"
+
+    def serve(self, client: int) -> None:
+        spare = self.spawn()
+        try:
+            while True:
+                waited = time.perf_counter()
+                if (request := sandbox_os.recv_msg(client)) is None:
+                    break
+                quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
+                child, spare = spare, None
+                try:
+                    child = self.ready_child(child)
+                    reply, spare = self.run(child, request, quick_s)
+                except BaseException as e:
+                    sandbox_os.send_msg(client, {"fatal": f"{type(e).__name__}: {e}"})
+                    raise
+                sandbox_os.send_msg(client, reply)
+                if spare is None:
+                    spare = self.spawn()  # first, so that it sets itself up while we clean up
+                self.finish(child)
+        finally:
+            if spare is not None:
+                self.finish(spare)
+
+    def spawn(self) -> _Child:
+        """Fork the next child; it sets itself up in parallel with whatever the server does next."""
+        self.count += 1
+        run_dir = f"{self.base_dir}/run{self.count}"
+        os.mkdir(run_dir, 0o700)
+        out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        res_r, res_w = os.pipe()
+        # The Landlock ruleset is built here, so the child only has to enforce it.
+        ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
+        pid = os.fork()
+        if pid == 0:
+            child_main((ready_w, go_r, out, err, res_w), run_dir, ruleset, self.limits, self.pid)
+        for fd in (ready_w, go_r, res_w) + ((ruleset,) if ruleset >= 0 else ()):
+            os.close(fd)
+        self.live.add(pid)
+        try:
+            os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
+        except OSError:
+            pass  # the child got there first, or already died (run() will see that)
+        return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir)
+
+    def ready_child(self, child: _Child) -> _Child:
+        """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
+        for _attempt in range(2):
+            if not select.select([child.ready], [], [], SETUP_TIMEOUT_S)[0]:
+                raise SetupFailed(f"a child was not ready after {SETUP_TIMEOUT_S:.0f} s")
+            ready = os.read(child.ready, 4096)
+            if ready == b"R" and not select.select([child.pidfd], [], [], 0)[0]:  # ready and still alive
+                return child
+            if ready.startswith(b"E"):  # + why: the kernel refused part of the set-up, and will again
+                raise SetupFailed(ready[1:].decode(errors="replace"))
+            self.finish(child)
+            child = self.spawn()
+        raise SetupFailed("two children in a row died during set-up")
+
+    def run(self, child: _Child, request: dict, quick_s: float) -> tuple[dict, _Child | None]:
+        """Run one program in a ready child; returns the reply and the next child if it forked one (when
+        the program was not done within `quick_s`)."""
+        timeout_ms = request["timeout_ms"]
+        # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
+        cpu_s = int(timeout_ms / 1000) + 2
+        resource.prlimit(child.pid, resource.RLIMIT_CPU, (cpu_s, cpu_s))
+        code = request["code"].encode("utf-8", "surrogatepass")
+        start = time.perf_counter()  # the program's budget starts now: fork and set-up are behind us
+        try:
+            sandbox_os.write_all(child.go, LEN.pack(len(code)) + code)
+        except BrokenPipeError:
+            pass  # the child died just now (killed from outside); _wait sees it exit
+        deadline, spare = start + timeout_ms / 1000, None
+        state = self._wait(child, min(deadline, start + quick_s))
+        if state == "running":
+            spare = self.spawn()  # a slow program: fork the next child while it runs
+            state = self._wait(child, deadline)
+        wall_ms = (time.perf_counter() - start) * 1000
+        frame, timed_out = (child.report if state == "report" else None), state == "running"
+        _kill(child.pid)  # done or out of time; a program that forged its report early stops here too
+        _kill_group(child.pid)
+        if frame is None:  # no report: the exit status says why, so reap now
+            self._reap(child)
+        return self._classify(child, frame, timed_out, wall_ms, timeout_ms), spare
+
+    def _wait(self, child: _Child, until: float) -> str:
+        """"report" once child.report holds a complete one, "exited" if the child ended without one, or
+        "running" if `until` passed first (call again to wait longer)."""
+        limit = self.limits["result_chars"] * 4 + 4096
+        while True:
+            # Past `until` this still polls once, so a report that was in time counts even if the server
+            # (busy forking the spare) looks late.
+            readable = select.select(child.watch, [], [], max(0.0, until - time.perf_counter()))[0]
+            if not readable:
+                return "running"
+            if child.res in readable:
+                chunk = os.read(child.res, 65536)
+                if not chunk:  # EOF: the child exited, or the program closed the channel
+                    child.watch.remove(child.res)
+                child.report += chunk
+                if len(child.report) > limit or _frame_complete(child.report):
+                    return "report"  # (one too long is not ours; _parse_frame rejects it)
+            elif child.pidfd in readable:
+                return "exited"
+
+    def _classify(self, child: _Child, frame: bytes | None, timed_out: bool, wall_ms: float, timeout_ms: int):
+        tail, cap = self.limits["tail_bytes"], self.limits["output_bytes"]
+        out_size, err_size = os.fstat(child.out).st_size, os.fstat(child.err).st_size
+        reply = {"stdout": _tail(child.out, out_size, tail), "stderr": _tail(child.err, err_size, tail)}
+        if child.reaped:  # the server's own measurements; a report, if any, replaces them below
+            reply.update(
+                cpu_ms=round((child.usage.ru_utime + child.usage.ru_stime) * 1000, 3),
+                wall_ms=round(wall_ms, 3),
+                peak_rss_bytes=child.usage.ru_maxrss * 1024,  # Linux reports KiB
+            )
+        status = child.status if child.reaped else 0
+        signum = os.WTERMSIG(status) if os.WIFSIGNALED(status) else 0
+        # What the server saw itself (the clock, the sizes, the signal) outranks what the child reported.
+        if timed_out or signum == _SIGXCPU:
+            reply.update(status=TIMEOUT, error=f"exceeded the time limit of {timeout_ms} ms")
+        elif max(out_size, err_size) >= cap:
+            reply.update(status=OUTPUT_LIMIT, error=f"printed more than {format_size(cap)} of output")
+        elif signum == _SIGXFSZ:
+            reply.update(status=OUTPUT_LIMIT, error=f"wrote a file larger than {format_size(cap)}")
+        elif signum:
+            name = _SIGNAL_NAMES.get(signum, str(signum))
+            reply.update(status=CRASHED, error=f"the process was killed by signal {name}")
+        elif frame is None:
+            code = os.WEXITSTATUS(status)
+            reply.update(status=CRASHED, error=f"the process exited early with status {code}")
+        elif (report := _parse_frame(frame)) is None:
+            reply.update(status=CRASHED, error="the process ended without a valid result")
+        else:
+            reply.update(report)
+        return reply
+
+    def finish(self, child: _Child) -> None:
+        """Reap a used (or unused) child, kill what it left behind, free its files."""
+        if not child.reaped:
+            _kill(child.pid)
+            _kill_group(child.pid)
+            self._reap(child)
+        self.live.discard(child.pid)
+        self.sweep()
+        for fd in (child.pidfd, child.ready, child.go, child.out, child.err, child.res):
+            os.close(fd)
+        sandbox_os.remove_tree(child.run_dir)
+
+    def _reap(self, child: _Child) -> None:
+        _, child.status, child.usage = os.wait4(child.pid, 0)
+        child.reaped = True
+
+    def sweep(self) -> None:
+        """Kill what a program left behind. Its process group is already killed; a descendant that left
+        the group is re-parented to this server (a child subreaper), so it shows up as our child here."""
+        for _ in range(100):  # each round kills one generation; a fork loop cannot outrun 100 of them
+            # Never a child the server still needs (the spare).
+            pids = [p for p in self._children() if p not in self.live]
+            if not pids:
+                break
+            for pid in pids:
+                _kill(pid)
+            for pid in pids:
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+
+    def _children(self) -> list[int]:
+        try:  # os.open, not open(): this runs once per request, and file objects are costly here
+            fd = os.open(self.children_path, os.O_RDONLY)
+        except OSError:
+            return []  # kernel without CONFIG_PROC_CHILDREN: the process-group kill has to do
+        try:
+            return [int(p) for p in os.read(fd, 65536).split()]
+        finally:
+            os.close(fd)
+
+
+_FRAME_HEAD = len(RESULT_MAGIC) + LEN.size
+
+
+def _frame_complete(buf: bytes) -> bool:
+    return len(buf) >= _FRAME_HEAD and len(buf) >= _FRAME_HEAD + LEN.unpack_from(buf, len(RESULT_MAGIC))[0]
+
+
+def _parse_frame(frame: bytes) -> dict | None:
+    """The child's report if it is one well-formed frame; anything else counts as no result."""
+    if not frame.startswith(RESULT_MAGIC) or not _frame_complete(frame):
+        return None
+    if len(frame) != _FRAME_HEAD + LEN.unpack_from(frame, len(RESULT_MAGIC))[0]:
+        return None  # more than one frame: not what the child's epilogue writes
+    try:
+        status, flags, cpu_ms, wall_ms, rss_kib, text = frame[_FRAME_HEAD:].split(b"\n", 5)
+        report = {
+            "status": status.decode(),
+            "cpu_ms": float(cpu_ms),
+            "wall_ms": float(wall_ms),
+            "peak_rss_bytes": int(rss_kib) * 1024,
+        }
+        text = text.decode("utf-8", "surrogatepass")
+    except ValueError:  # too few fields, not numbers, not UTF-8
+        return None
+    if report["status"] == OK:
+        return {**report, "output": text, "has_result": b"r" in flags, "truncated": b"t" in flags}
+    if report["status"] in (SYNTAX_ERROR, RUNTIME_ERROR, MEMORY_LIMIT):
+        return {**report, "error": text[: MAX_ERROR_CHARS * 2]}
+    return None
+
+
+def _kill(pid: int) -> None:
+    try:
+        os.kill(pid, _SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, _SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass  # no such group left (the program moved itself out); sweep() finds strays
+
+
+def _tail(fd: int, size: int, n: int) -> str:
+    return os.pread(fd, n, max(0, size - n)).decode("utf-8", "replace") if size else ""
+
+
+def main(argv: list[str]) -> None:
+    client = int(argv[1])
+    limits, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
+    try:
+        features = sandbox_os.prepare_server()
+        server = Server(base_dir, limits, features)
+        sandbox_os.send_msg(client, {"pid": os.getpid(), "features": features})
+        # Every fork copies the page-table entries of the server's private memory, and every later write to
+        # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
+        # hand free heap back to the kernel, and keep the collector from touching the objects that remain.
+        gc.collect()
+        sandbox_os.trim_heap()
+        gc.freeze()
+        server.serve(client)
+    except (BrokenPipeError, ConnectionResetError):
+        pass  # the client died; its children die with this process (PR_SET_PDEATHSIG)
+    finally:  # the client removes it too, unless it died first
+        sandbox_os.remove_tree(base_dir)
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -1,0 +1,401 @@
+"""The sandbox's OS layer, called directly (the verifier's lint would refuse most of these programs)."""
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from nanocodegen.records import Outcome
+from nanocodegen.sandbox import OK, Limits, Sandbox, SandboxError
+from nanocodegen.sandbox_child import LEN, RESULT_FD, RESULT_MAGIC
+
+
+@pytest.fixture(scope="module")
+def box():
+    with Sandbox(workers=1) as sandbox:
+        yield sandbox
+
+
+def wait_gone(pid: int, seconds: float = 3.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def state(pid: int) -> str:
+    """The process's state letter from /proc ("S" sleeping, "Z" zombie, ...), "" if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return ""
+
+
+def forged_report(output: str) -> bytes:
+    body = b"ok\nr\n0\n0\n0\n" + output.encode()
+    return RESULT_MAGIC + LEN.pack(len(body)) + body
+
+
+# --- what a normal run reports ---------------------------------------------------------------------------
+
+
+def test_result_stdout_and_metrics(box):
+    r = box.run("print('hello')\nresult = sum([1, 2, 3, 4, 5])")
+    assert (r.status, r.output, r.error, r.has_result) == (OK, "15", "", True)
+    assert r.stdout == "hello\n" and r.stderr == ""
+    assert r.cpu_ms >= 0 and 0 < r.wall_ms < 100 and r.peak_rss_bytes > 1 << 20
+
+
+def test_missing_result_is_the_string_none(box):
+    r = box.run("x = 1")
+    assert (r.status, r.output, r.has_result) == (OK, "None", False)
+
+
+def test_real_builtins_and_a_fresh_namespace(box):
+    r = box.run("import math\nresult = (math.isqrt(17), __name__, sorted(globals()))")
+    assert r.output == "(4, '__main__', ['__builtins__', '__name__', 'math'])"
+
+
+def test_result_is_cut_to_the_limit(box):
+    r = box.run("result = 'x' * 20000")
+    assert r.ok and len(r.output) == Limits().result_chars and r.truncated
+
+
+def test_unicode_and_lone_surrogates_survive(box):
+    r = box.run("result = 'héllo ✓ \\ud800'")
+    assert r.output == "héllo ✓ \ud800"
+
+
+def test_long_program_passes_through_the_pipe(box):
+    code = f"s = '{'x' * 200_000}'\nresult = len(s)"  # more than a pipe buffer holds
+    assert box.run(code).output == "200000"
+
+
+def test_stdin_is_empty(box):
+    r = box.run("import sys\nresult = repr(sys.stdin.read())\ninput()")
+    assert r.status == Outcome.RUNTIME_ERROR and r.error == "EOFError: EOF when reading a line (line 3)"
+
+
+# --- failures, one real program each ---------------------------------------------------------------------
+
+
+def test_runtime_error_names_type_message_and_line(box):
+    r = box.run("x = 1\nresult = reslt")
+    assert (r.status, r.error) == (Outcome.RUNTIME_ERROR, "NameError: name 'reslt' is not defined (line 2)")
+
+
+def test_runtime_error_line_is_the_innermost_user_frame(box):
+    r = box.run("def f(x):\n    return 1 / x\n\nresult = f(0)")
+    assert r.error == "ZeroDivisionError: division by zero (line 2)"
+
+
+def test_system_exit_and_keyboard_interrupt_are_runtime_errors(box):
+    assert box.run("raise SystemExit").error == "SystemExit (line 1)"
+    assert box.run("import sys\nsys.exit(3)").error == "SystemExit: 3 (line 2)"
+    assert box.run("raise KeyboardInterrupt").status == Outcome.RUNTIME_ERROR
+
+
+def test_error_text_has_no_addresses_or_host_paths(box):
+    r = box.run("raise ValueError(object())")
+    assert r.error == "ValueError: <object object at 0x...> (line 1)"
+    r = box.run("import os\nraise ValueError(os.getcwd())")
+    assert r.error == "ValueError: . (line 2)"
+
+
+def test_a_raising_str_is_a_runtime_error(box):
+    r = box.run("class A:\n    def __str__(self):\n        raise TypeError('no')\nresult = A()")
+    assert r.error == "TypeError: no (line 3)"
+
+
+def test_syntax_error_in_the_sandbox(box):
+    r = box.run("result = = 1")
+    assert (r.status, r.error) == (Outcome.SYNTAX_ERROR, "invalid syntax (line 1)")
+    r = box.run("result = " + "-" * 100_000 + "1")  # the compiler runs out of memory: too deep
+    assert (r.status, r.error) == (Outcome.SYNTAX_ERROR, "the program is too deeply nested to compile")
+
+
+def test_infinite_loop_times_out_in_bounded_time(box):
+    t0 = time.perf_counter()
+    r = box.run("while True:\n    pass", timeout_ms=100)
+    assert (r.status, r.error) == (Outcome.TIMEOUT, "exceeded the time limit of 100 ms")
+    assert time.perf_counter() - t0 < 1.0
+
+
+def test_c_level_loop_times_out(box):
+    r = box.run("sum(range(10**15))", timeout_ms=100)
+    assert r.status == Outcome.TIMEOUT
+
+
+def test_ignored_signals_do_not_save_a_loop(box):
+    code = (
+        "import signal\n"
+        "for s in (signal.SIGALRM, signal.SIGTERM, signal.SIGINT, signal.SIGXCPU, signal.SIGHUP):\n"
+        "    signal.signal(s, signal.SIG_IGN)\n"
+        "while True:\n    pass"
+    )
+    assert box.run(code, timeout_ms=100).status == Outcome.TIMEOUT
+
+
+def test_time_limit_is_the_programs_own_time(box):
+    # 60 ms of work fits a 100 ms budget: fork and set-up happen before the clock starts.
+    code = "import time\nt = time.perf_counter()\nwhile time.perf_counter() - t < 0.06:\n    pass\nresult = 1"
+    assert box.run(code, timeout_ms=100).status == OK
+
+
+def test_memory_bomb_hits_the_memory_limit(box):
+    r = box.run("x = bytearray(10**10)")
+    assert (r.status, r.error) == (Outcome.MEMORY_LIMIT, "exceeded the memory limit of 256 MiB (line 1)")
+    # Growing to the limit takes page faults, not just a request: allow it the time.
+    r = box.run("x = [0]\nwhile True:\n    x = x + x", timeout_ms=5000)
+    assert r.status == Outcome.MEMORY_LIMIT
+
+
+def test_print_flood_hits_the_output_limit(box):
+    r = box.run("while True:\n    print('x' * 10000)")
+    assert (r.status, r.error) == (Outcome.OUTPUT_LIMIT, "printed more than 1 MiB of output")
+    assert r.stdout.endswith("x") and len(r.stdout) <= Limits().tail_bytes
+
+
+def test_stderr_flood_hits_the_output_limit(box):
+    r = box.run("import sys\nwhile True:\n    sys.stderr.write('y' * 10000)")
+    assert r.status == Outcome.OUTPUT_LIMIT
+
+
+def test_a_big_file_hits_the_file_size_limit(box):
+    r = box.run("with open('big', 'wb') as f:\n    f.write(b'x' * (2 << 20))")
+    assert (r.status, r.error) == (Outcome.OUTPUT_LIMIT, "wrote a file larger than 1 MiB")
+
+
+def test_silent_exit_is_a_crash(box):
+    r = box.run("import os\nos._exit(0)")
+    assert (r.status, r.error) == (Outcome.CRASHED, "the process exited early with status 0")
+    assert box.run("import os\nos._exit(3)").error == "the process exited early with status 3"
+
+
+def test_segfault_is_a_crash(box):
+    r = box.run("import ctypes\nctypes.string_at(0)")
+    assert (r.status, r.error) == (Outcome.CRASHED, "the process was killed by signal SIGSEGV")
+
+
+def test_result_cannot_be_forged_by_printing(box):
+    code = f"import os, sys\nsys.stdout.buffer.write({forged_report('15')!r})\nsys.stdout.flush()\n"
+    r = box.run(code + "os._exit(0)")
+    assert r.status == Outcome.CRASHED and r.output is None
+
+
+def test_a_forged_report_is_only_a_claimed_output(box):
+    # A program that finds the result fd can claim an output, which `result = ...` gives it anyway; it
+    # cannot turn its loop into anything but a stopped process: the server kills it on the report.
+    code = f"import os\nos.write({RESULT_FD}, {forged_report('15')!r})\nwhile True:\n    pass"
+    t0 = time.perf_counter()
+    r = box.run(code, timeout_ms=2000)
+    assert (r.status, r.output) == (OK, "15") and time.perf_counter() - t0 < 1.0
+    assert box.run(f"import os\nos.write({RESULT_FD}, b'garbage')\nos._exit(0)").status == Outcome.CRASHED
+
+
+# --- isolation -----------------------------------------------------------------------------------------
+
+
+def test_private_empty_working_dir_removed_after_the_run(box):
+    r = box.run("import os\nopen('f', 'w').write('x')\nresult = (os.getcwd(), sorted(os.listdir('.')))")
+    cwd, listing = eval(r.output)  # noqa: S307 - our own repr of a tuple of str
+    assert listing == ["f"] and cwd != os.getcwd()
+    deadline = time.monotonic() + 3  # the server cleans up just after it replies
+    while os.path.exists(cwd) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not os.path.exists(cwd)
+
+
+def test_host_process_is_unaffected(box, tmp_path):
+    sentinel = tmp_path / "sentinel"
+    sentinel.write_text("keep")
+    cwd, env = os.getcwd(), dict(os.environ)
+    code = (
+        "import os\n"
+        "os.chdir('/')\n"
+        "os.environ['NCG_SANDBOX_TEST'] = '1'\n"
+        f"try:\n    os.remove({str(sentinel)!r})\nexcept OSError:\n    pass\n"
+        "result = 1"
+    )
+    assert box.run(code).ok
+    assert os.getcwd() == cwd and dict(os.environ) == env
+    if box.features["fs_write_confined"]:
+        assert sentinel.read_text() == "keep"
+
+
+def test_writing_outside_the_private_dir_fails(box, tmp_path):
+    if not box.features["fs_write_confined"]:
+        pytest.skip("this kernel has no Landlock: writes are confined only by file permissions")
+    target = tmp_path / "escape"
+    r = box.run(f"open({str(target)!r}, 'w').write('x')")
+    assert r.status == Outcome.RUNTIME_ERROR and r.error.startswith("PermissionError")
+    assert not target.exists()
+    assert box.run("import os\nos.mkdir('/tmp/ncg-escape-dir')").status == Outcome.RUNTIME_ERROR
+
+
+def test_program_cannot_kill_its_server(box):
+    pids = box.server_pids()
+    r = box.run("import os, signal\nos.kill(os.getppid(), signal.SIGKILL)")
+    if box.features["signals_scoped"]:
+        assert r.error == "PermissionError: [Errno 1] Operation not permitted (line 2)"
+        assert box.server_pids() == pids
+    else:  # it can, and the pool starts a new server
+        assert r.status in (Outcome.CRASHED, Outcome.RUNTIME_ERROR)
+    assert box.run("result = 2 + 2").output == "4"
+
+
+def test_no_processes_threads_or_exec(box):
+    if not box.features["fork_blocked"]:
+        pytest.skip("neither seccomp nor RLIMIT_NPROC can block fork here (root, unknown architecture)")
+    for code in ("import os\nos.fork()", "import subprocess\nsubprocess.run(['true'])"):
+        r = box.run(code)
+        assert r.status == Outcome.RUNTIME_ERROR and r.error.endswith("(line 2)"), r.error
+    r = box.run("import threading\nthreading.Thread(target=print).start()")
+    assert r.error == "RuntimeError: can't start new thread (line 2)"
+    if box.features["seccomp_no_process"]:
+        r = box.run("import os\nos.execv('/bin/true', ['true'])")
+        assert r.error == "PermissionError: [Errno 1] Operation not permitted (line 2)"
+
+
+def test_escaped_grandchild_is_killed(box):
+    # Where fork is blocked this is a runtime error; elsewhere the server's sweep must catch the escapee.
+    code = (
+        "import os, time\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    os.setsid()\n"
+        "    time.sleep(30)\n"
+        "    os._exit(0)\n"
+        "result = pid"
+    )
+    r = box.run(code)
+    if box.features["fork_blocked"]:
+        assert r.status == Outcome.RUNTIME_ERROR and "Error" in r.error
+        return
+    assert r.ok
+    assert wait_gone(int(r.output)), "a grandchild that left the process group outlived its run"
+
+
+def test_a_run_after_hostile_runs_is_still_correct(box):
+    for code in ("import os\nos._exit(0)", "x = bytearray(10**10)", "while True:\n    print('x' * 10000)"):
+        box.run(code)
+    r = box.run("result = 'still fine'")
+    assert (r.status, r.output) == (OK, "still fine")
+
+
+# --- the pool --------------------------------------------------------------------------------------------
+
+
+def test_pool_recovers_from_a_killed_server():
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 1").ok
+        (server,) = sandbox._servers
+        pid = server.proc.pid
+        os.kill(pid, signal.SIGKILL)
+        server.proc.wait(timeout=5)
+        r = sandbox.run("result = 2")
+        assert (r.status, r.output) == (OK, "2")
+        assert sandbox.server_pids() and sandbox.server_pids() != [pid]
+
+
+def test_workers_run_in_parallel():
+    with Sandbox(workers=2) as sandbox:
+        sandbox.run("result = 0")
+        sandbox.run("result = 0")
+        results = []
+
+        def job():
+            results.append(sandbox.run("import time\ntime.sleep(0.3)\nresult = 1", timeout_ms=2000))
+
+        threads = [threading.Thread(target=job) for _ in range(2)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert time.perf_counter() - t0 < 0.55
+        assert [r.output for r in results] == ["1", "1"]
+
+
+def test_close_stops_servers_and_removes_files():
+    sandbox = Sandbox(workers=2)
+    sandbox.run("result = 1")
+    pids = sandbox.server_pids()
+    base_dirs = [s.base_dir for s in sandbox._servers]
+    sandbox.close()
+    assert all(wait_gone(pid) for pid in pids)
+    assert not any(os.path.exists(d) for d in base_dirs)
+    with pytest.raises(SandboxError, match="closed"):
+        sandbox.run("result = 1")
+
+
+def test_server_never_loads_torch_even_from_a_torch_process():
+    torch = pytest.importorskip("torch")
+    torch.set_num_threads(2)
+    torch.ones(1000).sum()  # the caller has torch loaded and its threads started
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 3").output == "3"
+        (pid,) = sandbox.server_pids()
+        with open(f"/proc/{pid}/maps") as f:
+            assert "torch" not in f.read()
+
+
+def test_bad_arguments_are_refused(box):
+    with pytest.raises(ValueError, match="timeout_ms"):
+        box.run("result = 1", timeout_ms=0)
+    with pytest.raises(TypeError, match="str"):
+        box.run(b"result = 1")
+    with pytest.raises(ValueError, match="code_chars"):
+        box.run("x" * (Limits().code_chars + 1))
+    with pytest.raises(ValueError, match="workers"):
+        Sandbox(workers=0)
+
+
+def test_a_forked_caller_gets_its_own_server(box):
+    assert box.run("result = 1").ok
+    parent_pids = box.server_pids()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the fork uses (and at exit closes) its own server, never the parent's
+        try:
+            ok = box.run("result = 5").output == "5" and box.server_pids() != parent_pids
+            box.close()
+            os.write(w, b"1" if ok else b"0")
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert os.read(r, 1) == b"1"
+    os.close(r)
+    os.close(w)
+    assert box.server_pids() == parent_pids and box.run("result = 6").output == "6"
+
+
+def test_pool_survives_its_waiting_child_being_killed():
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 1").ok
+        (server,) = sandbox.server_pids()
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:  # until the used child is reaped and only the spare is left
+            with open(f"/proc/{server}/task/{server}/children") as f:
+                children = [int(p) for p in f.read().split()]
+            if len(children) == 1 and state(children[0]) == "S":  # asleep, waiting for a request
+                break
+        (spare,) = children  # the child forked for the next request
+        os.kill(spare, signal.SIGKILL)
+        while state(spare) != "Z":  # dead, not yet reaped
+            time.sleep(0.001)
+        r = sandbox.run("result = 2")
+        assert (r.status, r.output) == (OK, "2") and sandbox.server_pids() == [server]
+
+
+def test_tempfiles_go_to_the_private_dir(box):
+    code = "import os, tempfile\nwith tempfile.NamedTemporaryFile() as f:\n"
+    r = box.run(code + "    result = os.path.dirname(f.name) == os.getcwd()")
+    assert (r.status, r.output) == (OK, "True")
