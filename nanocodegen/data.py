@@ -23,7 +23,7 @@ from nanocodegen.tokenizer import CodeTokenizer
 # How many failed attempts a repair episode shows: mostly one, sometimes up to four, so that the
 # positions late attempts reach are trained too.
 FAILURE_COUNTS, FAILURE_WEIGHTS = (1, 2, 3, 4), (0.55, 0.25, 0.12, 0.08)
-CANDIDATES_PER_TASK = 5
+CANDIDATES_PER_TASK = 4
 # Underspecified tasks are drawn this many times as often, and shown with failures this often: their
 # repair episodes are the ones that can only be solved by reading the failed attempt.
 CONVENTION_WEIGHT, CONVENTION_REPAIR_FRACTION = 3, 0.85

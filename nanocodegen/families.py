@@ -186,11 +186,44 @@ WORDS = """
 """.split()
 _SHORT_WORDS = [w for w in WORDS if len(w) <= 4]  # for dict keys and repeats, to keep programs short
 _NO_Y_WORDS = [w for w in WORDS if "y" not in w]  # "how many vowels" is unambiguous without 'y'
+# Half the strings are made up, so the model learns to copy any string, not only the words it has seen
+# as single tokens (the seed suite's 'hello' and 'benchmark' are in no split).
+MADE_UP_SHARE = 0.5
+_VOWELS, _CONSONANTS = "aeiou", "bcdfghjklmnprstvwxz"
 # Things to put a price on, for price_total.
 _GOODS = "cake corn cup egg hat jam lamp lime milk pen plum pot salt soap sock tea".split()
 
 
 # --- drawing helpers -------------------------------------------------------------------------------------
+
+
+def _made_up_word(rng: random.Random, lo: int, hi: int) -> str:
+    """A lower-case string of lo..hi letters (never containing 'y'): pronounceable or random letters."""
+    n = rng.randint(lo, hi)
+    if rng.random() < 0.5:
+        return "".join(rng.choice("abcdefghijklmnopqrstuvwxz") for _ in range(n))
+    letters, vowel = [], rng.random() < 0.3
+    while len(letters) < n:
+        letters.append(rng.choice(_VOWELS if vowel else _CONSONANTS))
+        vowel = not vowel if rng.random() < 0.8 else vowel
+    return "".join(letters)
+
+
+def _word(rng: random.Random, short: bool = False, no_y: bool = False) -> str:
+    """A word from the list (short ones for keys and repeats) or, half the time, a made-up one."""
+    if rng.random() < MADE_UP_SHARE:
+        return _made_up_word(rng, 2, 4 if short else 9)
+    return rng.choice(_SHORT_WORDS if short else _NO_Y_WORDS if no_y else WORDS)
+
+
+def _words(rng: random.Random, n: int, short: bool = False) -> list[str]:
+    """n distinct words."""
+    out: list[str] = []
+    while len(out) < n:
+        w = _word(rng, short)
+        if w not in out:
+            out.append(w)
+    return out
 
 
 def _ints(rng: random.Random, lo: int, hi: int, n_lo: int = 3, n_hi: int = 7) -> list[int]:
@@ -228,18 +261,18 @@ def _draw_sum_list(rng: random.Random) -> Params:
 
 
 def _draw_word(rng: random.Random) -> Params:
-    return {"w": rng.choice(WORDS)}
+    return {"w": _word(rng)}
 
 
 def _draw_reverse_string(rng: random.Random) -> Params | None:
-    w = rng.choice(WORDS)
+    w = _word(rng)
     return None if w == w[::-1] else {"w": w}
 
 
 def _draw_power(rng: random.Random) -> Params | None:
-    b = rng.randint(2, 10)
-    a = rng.randint(2, 99 if b == 2 else 50)
-    return {"a": a, "b": b} if a**b <= 10**6 else None
+    b = rng.randint(2, 12)
+    a = rng.randint(2, 99 if b == 2 else 50 if b <= 4 else 12)
+    return {"a": a, "b": b} if a**b <= 10**7 else None
 
 
 def _draw_sort_list(rng: random.Random) -> Params | None:
@@ -254,7 +287,7 @@ def _draw_max_or_min(rng: random.Random) -> Params:
 
 
 def _draw_repeat_string(rng: random.Random) -> Params:
-    return {"s": rng.choice(_SHORT_WORDS), "n": rng.randint(2, 5)}
+    return {"s": _word(rng, short=True), "n": rng.randint(2, 5)}
 
 
 def _draw_range_list(rng: random.Random) -> Params:
@@ -270,7 +303,7 @@ def _draw_range_through(rng: random.Random) -> Params:
 
 
 def _draw_change_case(rng: random.Random) -> Params:
-    w = rng.choice(WORDS)
+    w = _word(rng)
     if rng.random() < 0.5:
         return {"w": w, "case": Raw("upper"), "op": Raw("upper")}
     shown = w.upper() if rng.random() < 0.5 else w.capitalize()
@@ -278,7 +311,7 @@ def _draw_change_case(rng: random.Random) -> Params:
 
 
 def _draw_count_char(rng: random.Random) -> Params:
-    w = rng.choice(WORDS)
+    w = _word(rng)
     c = rng.choice(w) if rng.random() < 0.85 else rng.choice(string.ascii_lowercase)
     return {"w": w, "c": c}
 
@@ -332,7 +365,7 @@ def _draw_item_at(rng: random.Random) -> Params:
 
 
 def _draw_string_slice(rng: random.Random) -> Params | None:
-    w = rng.choice(WORDS)
+    w = _word(rng)
     if len(w) < 4:
         return None
     n = rng.randint(2, len(w) - 1)
@@ -360,16 +393,16 @@ def _draw_count_greater(rng: random.Random) -> Params:
 
 
 def _draw_word_lengths(rng: random.Random) -> Params:
-    return {"ws": rng.sample(WORDS, rng.randint(3, 5))}
+    return {"ws": _words(rng, rng.randint(3, 5))}
 
 
 def _draw_zip_dict(rng: random.Random) -> Params:
     n = rng.randint(2, 4)
-    return {"ks": rng.sample(_SHORT_WORDS, n), "vs": [rng.randint(0, 20) for _ in range(n)]}
+    return {"ks": _words(rng, n, short=True), "vs": [rng.randint(0, 20) for _ in range(n)]}
 
 
 def _draw_dict_get(rng: random.Random) -> Params:
-    keys = rng.sample(_SHORT_WORDS, rng.randint(2, 4))
+    keys = _words(rng, rng.randint(2, 4), short=True)
     return {"d": {k: rng.randint(0, 20) for k in keys}, "k": rng.choice(keys)}
 
 
@@ -384,7 +417,7 @@ def _draw_sum_range(rng: random.Random) -> Params:
 
 
 def _draw_longest_word(rng: random.Random) -> Params | None:
-    ws = rng.sample(WORDS, rng.randint(3, 5))
+    ws = _words(rng, rng.randint(3, 5))
     fn, adj = _extreme(rng, "longest", "shortest")
     lengths = sorted(len(w) for w in ws)
     unique = lengths[-1] != lengths[-2] if fn == "max" else lengths[0] != lengths[1]
@@ -392,7 +425,7 @@ def _draw_longest_word(rng: random.Random) -> Params | None:
 
 
 def _draw_count_vowels(rng: random.Random) -> Params:
-    return {"w": rng.choice(_NO_Y_WORDS)}
+    return {"w": _word(rng, no_y=True)}
 
 
 def _draw_spread(rng: random.Random) -> Params:
@@ -441,7 +474,7 @@ def _draw_doubling_steps(rng: random.Random) -> Params:
 
 
 def _draw_word_count_dict(rng: random.Random) -> Params | None:
-    pool = rng.sample(_SHORT_WORDS, rng.randint(2, 3))
+    pool = _words(rng, rng.randint(2, 3), short=True)
     ws = [rng.choice(pool) for _ in range(rng.randint(4, 6))]
     return {"ws": ws} if 1 < len(set(ws)) < len(ws) else None
 
@@ -471,7 +504,7 @@ def _draw_average(rng: random.Random) -> Params | None:
 
 
 def _draw_sort_words_case(rng: random.Random) -> Params:
-    ws = rng.sample(WORDS, rng.randint(3, 5))
+    ws = _words(rng, rng.randint(3, 5))
     for i in rng.sample(range(len(ws)), rng.randint(1, 2)):
         ws[i] = ws[i].capitalize()
     return {"ws": ws}
