@@ -30,6 +30,7 @@ from nanocodegen import families
 from nanocodegen.checkpoint import LOG_FILE, save_checkpoint
 from nanocodegen.config import MODEL_PRESETS, ModelConfig, TrainConfig
 from nanocodegen.data import (
+    CANDIDATES_PER_TASK,
     TokenizedTask,
     episode_stream,
     episode_text,
@@ -125,7 +126,8 @@ def prepare_data(cfg: TrainConfig, console: Console) -> tuple[CodeTokenizer, lis
     train_tasks = list(itertools.islice(families.iter_train_tasks(cfg.seed), cfg.train_tasks))
     val_tasks = load_suite("synthetic-val")
     with CodeVerifier(workers=cfg.data_workers) as verifier, progress_bar(console) as bar:
-        total = sum(len(t.distractors) for t in train_tasks + val_tasks) + 5 * len(train_tasks + val_tasks)
+        every = train_tasks + val_tasks
+        total = sum(len(t.distractors) for t in every) + CANDIDATES_PER_TASK * len(every)
         job = bar.add_task("verifying wrong attempts", total=total, info="")
         advance = lambda n: bar.advance(job, n)
         train = verify_candidates(train_tasks, verifier, cfg.seed, cfg.data_workers, advance)
