@@ -80,9 +80,12 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
     return cfg.min_lr + 0.5 * (1 + math.cos(math.pi * frac)) * (cfg.lr - cfg.min_lr)
 
 
-def pad_batch(episodes: list[tuple[list[int], list[int]]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-pad (inputs, targets) pairs to the longest: (B, T) inputs, (B, T) targets (-100 on pads)."""
-    T = max(len(x) for x, _ in episodes)
+def pad_batch(
+    episodes: list[tuple[list[int], list[int]]], pad_id: int, multiple: int = 1
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-pad (inputs, targets) pairs to the longest, rounded up to `multiple`: (B, T) inputs and
+    (B, T) targets (-100 on pads). Few distinct T keep the CPU kernels' caches (and memory) small."""
+    T = -(-max(len(x) for x, _ in episodes) // multiple) * multiple
     x = torch.full((len(episodes), T), pad_id, dtype=torch.long)
     y = torch.full((len(episodes), T), IGNORE, dtype=torch.long)
     for i, (inp, tgt) in enumerate(episodes):
@@ -101,7 +104,7 @@ def batches(stream, batch_size: int, pad_id: int, seed: int, bucket: int = 16):
         group = [window[i : i + batch_size] for i in range(0, len(window), batch_size)]
         rng.shuffle(group)
         for episodes in group:
-            yield pad_batch(episodes, pad_id)
+            yield pad_batch(episodes, pad_id, multiple=16)
 
 
 @torch.no_grad()
