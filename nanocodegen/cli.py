@@ -98,7 +98,7 @@ def _loadgen(args: argparse.Namespace) -> int:
         return _repeat(args, default_out_dir(cfg))
     try:
         results = loadgen_benchmark(tasks, cfg, from_args(AgentConfig, args), args.checkpoint, args.out,
-                                    args.device, profile="min" if cfg.quick or args.limit else "max")
+                                    args.device, profile="min" if args.limit else None)
     except HarnessError as e:
         raise CliError(str(e)) from None
     print_loadgen_summary(Console(stderr=True), results)

@@ -64,9 +64,10 @@ class LoadGenConfig:
     scenario: str = _f("SingleStream", "LoadGen scenario", choices=("SingleStream", "Offline", "Server"))
     mode: str = _f("performance", "performance: timing; accuracy: every sample once, scored",
                    choices=("performance", "accuracy"))
-    quick: bool = _f(False, "short settings (about a minute on 2 cores; VALID for SingleStream and Offline)")
+    quick: bool = _f(False, "short settings (well under 2 minutes on 2 cores; VALID for SingleStream and Offline)")
     user_conf: str | None = _f(None, "a LoadGen user.conf applied over the defaults (keys nanocodegen.SCENARIO.KEY)")
-    target_qps: float | None = _f(None, "Server: queries per second to issue; Offline: expected throughput")
+    target_qps: float | None = _f(None, "Server: queries per second to issue; Offline: expected throughput; "
+                                        "SingleStream: 1 / expected latency")
     min_duration_ms: int | None = _f(None, "minimum test duration in ms")
     min_query_count: int | None = _f(None, "minimum number of queries")
     warmup: int = _f(8, "episodes run before the test, to warm up and to measure throughput for the defaults")
