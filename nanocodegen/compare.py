@@ -27,7 +27,7 @@ def _number(value) -> float | None:
 
 
 def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
-    """{"rows": [(metric, a, b, b/a)], "differences": [(what, a, b)], "ids": (a, b)}."""
+    """{"rows": [(metric, a, b, b/a)], "differences": [(what, a, b)], "ids": (folder a, folder b)}."""
     (a, _), (b, _) = load_run(run_a), load_run(run_b)
     ma, mb = a.get("metrics", {}), b.get("metrics", {})
     head_a, head_b = ma.get("headline", {}), mb.get("headline", {})
@@ -58,7 +58,7 @@ def compare_runs(run_a: str | Path, run_b: str | Path) -> dict:
     for key in ("cpu", "cores", "gpu"):
         if ha.get(key) != hb.get(key):
             differences.append((key, ha.get(key), hb.get(key)))
-    return {"rows": rows, "differences": differences, "ids": (a.get("id"), b.get("id")),
+    return {"rows": rows, "differences": differences, "ids": (str(run_a), str(run_b)),
             "headline": head_a or head_b}
 
 

@@ -276,7 +276,6 @@ def loadgen_metrics(scenario: str, values: dict) -> dict:
         "tpot_ms_p90": ms("result_time_per_output_token_90.00_percentile_ns"),
     }
     if scenario == "SingleStream":
-        metrics["early_stopping_latency_ms_p90"] = ms("early_stopping_latency_ss")
         metrics["samples_per_s"] = values.get("result_qps_with_loadgen_overhead")
         metrics["tokens_per_s"] = values.get("result_completed_tokens_per_second")
     elif scenario == "Offline":
@@ -418,9 +417,10 @@ def loadgen_benchmark(
     summary["peak_rss_bytes"] = peak_rss_bytes()
     metrics = {**run.metrics, **time_shares(summary["time_ms"]),
                "loadgen_errors": len(run.log["errors"]), "loadgen_warnings": len(run.log["warnings"])}
-    if accuracy:
+    if accuracy:  # LoadGen measures no timing in accuracy mode: its result keys are absent
+        metrics = {k: v for k, v in metrics.items() if v is not None}
         metrics.update({k: accuracy[k] for k in ("solve_rate", "pass_at_1", "mean_attempts_to_correct")})
-    name, unit, better = HEADLINES[cfg.scenario]
+    name, unit, better = HEADLINES["accuracy" if accuracy else cfg.scenario]
     metrics["headline"] = {"name": name, "value": metrics.get(name), "unit": unit, "better": better}
     values = run.log["values"]
     unscored = {**quality([], split_tasks), "note": "performance mode; see --mode accuracy"}

@@ -113,9 +113,10 @@ def verdict(q: dict) -> str:
     return "PASS" if q["target_met"] else "FAIL"
 
 
-# The one timing each kind of run is judged by (`--repeat` reports its coefficient of variation):
-# name in the report's `metrics`, unit, and whether higher is better.
+# The one number each kind of run is judged by (`--repeat` reports its coefficient of variation): name in
+# the report's `metrics`, unit, and whether higher is better. A timing, except in LoadGen's accuracy mode.
 HEADLINES = {
+    "accuracy": ("solve_rate", "fraction of tasks", "higher"),
     "bench": ("tasks_per_s", "tasks/s", "higher"),
     "SingleStream": ("latency_ms_p90", "ms", "lower"),
     "Offline": ("samples_per_s", "samples/s", "higher"),

@@ -230,7 +230,7 @@ def render_html(results: dict, episodes: list[dict], plots: dict[str, bytes], lo
         ("headline", f"{headline.get('name')} = {_fmt(headline.get('value'))} {headline.get('unit', '')}"),
     ]
     badges = f"Quality target: {_badge(verdict(q) if q.get('metric') else 'NOT EVALUATED')}"
-    if "loadgen" in results:
+    if "loadgen" in results and config.get("mode") == "performance":
         badges += f" &nbsp; LoadGen result: {_badge(str(metrics.get('result_validity')))}"
     parts.append(f"<p>{badges}</p>")
     identity = [(k, results.get(k)) for k in ("id", "workload", "profile", "status", "backend", "data_mode", "seed")]

@@ -166,6 +166,7 @@ def test_loadgen_command_accuracy_mode_on_the_shipped_model(tmp_path, capsys):
     assert sorted(rec["sample_index"] for rec in records) == list(range(8))
     assert acc["solved"] == sum(rec["solved"] for rec in records) and acc["disagreements"] == 0
     assert r["metrics"]["solve_rate"] == acc["solve_rate"] and r["quality"]["target_met"] is None
+    assert r["metrics"]["headline"]["name"] == "solve_rate" and None not in r["metrics"].values()
     assert "NOT EVALUATED" in capsys.readouterr().err
     assert (tmp_path / "report.html").is_file() and (tmp_path / "mlperf_log_detail.txt").is_file()
 
