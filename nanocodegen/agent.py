@@ -8,6 +8,7 @@ whose outcome is `context_overflow` (nothing is generated for it).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -39,8 +40,17 @@ class Agent:
                 "retry, so a KV cache cannot be reused across attempts; use --kv-cache attempt or none"
             )
         self.generator = torch.Generator(device=self.device).manual_seed(self.config.seed)
+        self.first_token_hook: Callable[[int], None] | None = None
 
-    def run(self, task: Task) -> EpisodeRecord:
+    def run(self, task: Task, on_first_token: Callable[[int], None] | None = None) -> EpisodeRecord:
+        """One episode. `on_first_token(token_id)` is called when attempt 1 samples its first token."""
+        self.first_token_hook = on_first_token
+        try:
+            return self._run(task)
+        finally:
+            self.first_token_hook = None
+
+    def _run(self, task: Task) -> EpisodeRecord:
         cfg, tok = self.config, self.tok
         t_start = time.perf_counter()
         episode = EpisodeRecord(
@@ -95,6 +105,7 @@ class Agent:
     def generate_attempt(self, context: list[int], attempt: int, prefix_cache: PrefixCache | None) -> Generation:
         """One attempt's tokens for this context. Tests override this with a scripted stand-in."""
         cfg = self.config
+        hook = self.first_token_hook if attempt == 1 else None
         return generate(
             self.model,
             torch.tensor([context], device=self.device),
@@ -106,6 +117,7 @@ class Agent:
             cache_mode=cfg.kv_cache,
             prefix_cache=prefix_cache,
             generator=self.generator,
+            on_first_token=(lambda token: hook(int(token[0]))) if hook else None,
         )
 
     def kv_cache_bytes(self, length: int) -> int:

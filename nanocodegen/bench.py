@@ -3,9 +3,11 @@
     nanocodegen bench                                  # seed + synthetic test split, shipped model
     nanocodegen bench --suite seed --max-attempts 3 --out runs/seed
     nanocodegen bench --tasks my_tasks.jsonl --checkpoint runs/train
+    nanocodegen bench --out runs/b --resume             # continue an interrupted run
 
 Writes OUT/episodes.jsonl (one line per finished task, as it finishes) and OUT/results.json
-(config, provenance, every episode and the summary; rewritten as the run goes and at the end).
+(MLPerf EDU's report shape: schema, id, workload, profile, status, backend, data_mode, seed, metrics,
+quality; then config, provenance, every episode and the summary; rewritten as the run goes and at the end).
 """
 
 from __future__ import annotations
@@ -25,8 +27,8 @@ from rich.table import Table
 from nanocodegen.agent import Agent
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
-from nanocodegen.metrics import summarize
-from nanocodegen.provenance import provenance
+from nanocodegen.metrics import HEADLINES, QUALITY_SUITE, bench_metrics, quality, summarize
+from nanocodegen.provenance import provenance, report_header
 from nanocodegen.tasks import Task, load_suite, read_tasks
 from nanocodegen.train import progress_bar
 
@@ -76,6 +78,46 @@ def write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
+def read_finished_episodes(out_dir: Path) -> list[dict]:
+    """The episodes an earlier run of OUT finished, from its episodes.jsonl. A last line cut short by the
+    interruption is dropped (and the file rewritten without it)."""
+    path = out_dir / EPISODES_FILE
+    if not path.is_file():
+        return []
+    episodes, lines = [], path.read_text().splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        try:
+            episodes.append(json.loads(line))
+        except json.JSONDecodeError:
+            if i < len(lines) - 1:
+                raise ValueError(f"{path}:{i + 1} is not valid JSON; it is not a file bench wrote — "
+                                 "start a fresh run with another --out") from None
+            path.write_text("".join(lines[:i]))  # the interrupted write
+    return episodes
+
+
+def check_resumable(out_dir: Path, finished: list[dict], tasks: list[tuple[str, Task]], config: dict,
+                    checkpoint_sha: str) -> None:
+    """Refuse to resume a run made with other settings or other tasks: the results would mix two runs."""
+    fix = "rerun with the flags of the interrupted run, or drop --resume to start a fresh run in a new --out"
+    previous = out_dir / RESULTS_FILE
+    if previous.is_file():
+        before = json.loads(previous.read_text())
+        if before.get("status") == "complete":
+            raise ValueError(f"--resume: {out_dir} holds a complete run; there is nothing to resume")
+        for key, value in config.items():
+            if key != "out" and before["config"].get(key) != value:
+                raise ValueError(f"--resume: {out_dir} was run with {key}={before['config'].get(key)!r}, "
+                                 f"this run has {value!r}; {fix}")
+        if before["provenance"].get("checkpoint_sha256") != checkpoint_sha:
+            raise ValueError(f"--resume: {out_dir} was run with another checkpoint; {fix}")
+    wanted = {(suite, t.id) for suite, t in tasks}
+    for e in finished:
+        if (e.get("suite"), e["id"]) not in wanted:
+            raise ValueError(f"--resume: {out_dir} holds task {e['id']!r} ({e.get('suite')}), which this run "
+                             f"does not have; {fix}")
+
+
 def print_summary(console: Console, results: dict) -> None:
     s = results["summary"]
     table = Table(title=f"nanocodegen bench — {results['status']}", show_header=True)
@@ -108,8 +150,14 @@ def run_bench(
     out: str | None = None,
     device: str = "auto",
     console: Console | None = None,
+    resume: bool = False,
+    profile: str = "max",
 ) -> dict:
-    """Run every task through the agent; returns the results dict also written to OUT/results.json."""
+    """Run every task through the agent; returns the results dict also written to OUT/results.json.
+
+    With `resume`, OUT must be an interrupted run of the same tasks and settings: its finished episodes
+    are kept and only the rest are run."""
+    from nanocodegen.tasks import load_suite
     from nanocodegen.verifier import CodeVerifier
 
     console = console or Console(stderr=True)
@@ -119,33 +167,55 @@ def run_bench(
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    config = {**asdict(agent_config), "checkpoint": str(ckpt), "device": str(dev), "out": str(out_dir),
+              "tasks": len(tasks)}
+    ckpt_sha = checkpoint_sha256(ckpt)
+    finished: list[dict] = []
+    previous_wall = 0.0
+    if resume:
+        finished = read_finished_episodes(out_dir)
+        check_resumable(out_dir, finished, tasks, config, ckpt_sha)
+        if (out_dir / RESULTS_FILE).is_file():
+            previous_wall = json.loads((out_dir / RESULTS_FILE).read_text())["summary"].get("wall_s", 0.0)
+    done = {(e.get("suite"), e["id"]) for e in finished}
+    todo = [(suite, t) for suite, t in tasks if (suite, t.id) not in done]
     results = {
+        **report_header(out_dir.name, profile, dev, agent_config.seed, sorted({s for s, _ in tasks})),
         "status": "running",
-        "config": {**asdict(agent_config), "checkpoint": str(ckpt), "device": str(dev), "out": str(out_dir),
-                   "tasks": len(tasks)},
-        "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": checkpoint_sha256(ckpt),
+        "metrics": {},
+        "quality": {},
+        "config": config,
+        "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": ckpt_sha,
                        "checkpoint_config": ckpt_config},
-        "episodes": [],
+        "episodes": finished,
         "summary": {},
     }
+    if resume:
+        results["resumed"] = {"episodes_kept": len(finished), "previous_wall_s": previous_wall}
+    split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
-    episodes_path = (out_dir / EPISODES_FILE).open("w")
+    episodes_path = (out_dir / EPISODES_FILE).open("a" if resume else "w")
     t0 = time.perf_counter()
     last_write = 0.0
 
     def finish(status: str) -> None:
         results["status"] = status
-        wall = time.perf_counter() - t0
+        wall = previous_wall + time.perf_counter() - t0
         results["summary"] = summarize(results["episodes"], agent_config.max_attempts, wall)
         results["summary"]["peak_rss_bytes"] = peak_rss_bytes()
+        name, unit, better = HEADLINES["bench"]
+        results["metrics"] = bench_metrics(results["summary"])
+        results["metrics"]["headline"] = {"name": name, "value": results["metrics"][name], "unit": unit,
+                                          "better": better}
+        results["quality"] = quality(results["episodes"], split_tasks)
         write_json(out_dir / RESULTS_FILE, results)
 
     with CodeVerifier(workers=1) as verifier, progress_bar(console) as bar:
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
-        job = bar.add_task("bench", total=len(tasks), info="")
-        solved = 0
+        job = bar.add_task("bench", total=len(tasks), completed=len(finished), info="")
+        solved = sum(e["solved"] for e in finished)
         try:
-            for suite, task in tasks:
+            for suite, task in todo:
                 record = asdict(agent.run(task))
                 record["suite"] = suite
                 results["episodes"].append(record)
@@ -161,5 +231,8 @@ def run_bench(
             episodes_path.close()
             raise
     episodes_path.close()
+    # Episodes in task order, whichever run finished them.
+    order = {(suite, t.id): i for i, (suite, t) in enumerate(tasks)}
+    results["episodes"].sort(key=lambda e: order[(e.get("suite"), e["id"])])
     finish("complete")
     return results

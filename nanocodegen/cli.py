@@ -1,6 +1,9 @@
 """Command line: thin subcommands over the library.
 
-    nanocodegen bench [--suite NAME] [--tasks FILE.jsonl] [--limit N] [--max-attempts N] ...
+    nanocodegen bench [--suite NAME] [--tasks FILE.jsonl] [--limit N] [--max-attempts N] [--resume] ...
+    nanocodegen loadgen [--scenario SingleStream|Offline|Server] [--mode performance|accuracy] [--quick] ...
+    nanocodegen report RUN_DIR
+    nanocodegen compare RUN_A RUN_B
     nanocodegen train [--preset default|smoke|sketch] [--max-steps N] [--out DIR] ...
     nanocodegen demo
 """
@@ -10,28 +13,109 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
-from nanocodegen.config import MODEL_PRESETS, AgentConfig, ModelConfig, TrainConfig, add_dataclass_args, from_args
+from nanocodegen.config import (
+    MODEL_PRESETS,
+    AgentConfig,
+    LoadGenConfig,
+    ModelConfig,
+    TrainConfig,
+    add_dataclass_args,
+    from_args,
+)
 
 
 class CliError(Exception):
     """An error the user can fix; printed as one line, exit code 2."""
 
 
-def _bench(args: argparse.Namespace) -> int:
-    from nanocodegen.bench import collect_tasks, print_summary, run_bench
-
+def _check_counts(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:
         raise CliError("--limit must be at least 1")
     if args.max_attempts is not None and args.max_attempts < 1:
         raise CliError("--max-attempts must be at least 1")
+    if args.repeat is not None and args.repeat < 2:
+        raise CliError("--repeat must be at least 2 (the spread of one run is not defined)")
+
+
+def _repeat(args: argparse.Namespace, default_out) -> int:
+    from nanocodegen.repeat import RepeatError, repeat_runs
+
+    out = Path(args.out) if args.out else default_out
+    try:
+        summary = repeat_runs(args.argv, args.repeat, out)
+    except RepeatError as e:
+        raise CliError(str(e)) from None
+    h = summary["headline"]
+    cv = "-" if h["cv"] is None else f"{h['cv']:.1%}"
+    verdict = "promotable" if summary["promotable"] else f"NOT promotable (CV above {summary['cv_limit']:.0%})"
+    print(f"{h['name']} over {summary['repeats']} fresh runs: "
+          f"{', '.join(f'{v:.4g}' for v in h['values'])} {h['unit']}; median {h['median']:.4g}, CV {cv}: {verdict}",
+          file=sys.stderr)
+    print(f"{out}/repeat.json")
+    return 0
+
+
+def _write_report(run_dir: str) -> None:
+    from nanocodegen.report import write_report
+
+    print(f"report: {write_report(run_dir)}", file=sys.stderr)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from nanocodegen.bench import collect_tasks, default_out_dir, print_summary, run_bench
+
+    _check_counts(args)
+    if args.resume and not args.out:
+        raise CliError("--resume needs --out DIR, the folder of the interrupted run")
+    if args.resume and args.repeat:
+        raise CliError("--resume and --repeat do not combine: a repeat is a fresh process from the start")
     tasks = collect_tasks(args.suite, args.tasks, args.limit)
+    if args.repeat:
+        return _repeat(args, default_out_dir())
     console = Console(stderr=True)
-    results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console)
+    results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console,
+                        resume=args.resume, profile="min" if args.limit else "max")
     print_summary(console, results)
+    _write_report(results["config"]["out"])
     print(f"{results['config']['out']}/results.json")
+    return 0
+
+
+def _loadgen(args: argparse.Namespace) -> int:
+    from nanocodegen.bench import collect_tasks
+    from nanocodegen.harness import HarnessError, default_out_dir, loadgen_benchmark, print_loadgen_summary
+
+    _check_counts(args)
+    cfg = from_args(LoadGenConfig, args)
+    if cfg.warmup < 0:
+        raise CliError("--warmup must be 0 or more")
+    tasks = collect_tasks(args.suite, args.tasks, args.limit)
+    if args.repeat:
+        return _repeat(args, default_out_dir(cfg))
+    try:
+        results = loadgen_benchmark(tasks, cfg, from_args(AgentConfig, args), args.checkpoint, args.out,
+                                    args.device, profile="min" if args.limit else None)
+    except HarnessError as e:
+        raise CliError(str(e)) from None
+    print_loadgen_summary(Console(stderr=True), results)
+    _write_report(results["config"]["out"])
+    print(f"{results['config']['out']}/results.json")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    _write_report(args.run)
+    return 0
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from nanocodegen.compare import compare_runs, print_comparison
+
+    print_comparison(Console(), compare_runs(args.run_a, args.run_b))
     return 0
 
 
@@ -51,22 +135,47 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_run_args(parser: argparse.ArgumentParser, default_out: str) -> None:
+    """The flags bench and loadgen share: which tasks, which model, where to write, how often."""
+    parser.add_argument("--suite", action="append", metavar="NAME",
+                        help="suite to run: seed, synthetic, synthetic-val, humaneval (repeatable; "
+                             "default: seed and synthetic)")
+    parser.add_argument("--tasks", metavar="FILE.jsonl", help="extra tasks, one JSON object per line "
+                        '({"id", "prompt", "expected"})')
+    parser.add_argument("--limit", type=int, metavar="N", help="at most N tasks per suite")
+    parser.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
+    parser.add_argument("--out", metavar="DIR", help=f"results folder (default: {default_out})")
+    parser.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    parser.add_argument("--repeat", type=int, metavar="N",
+                        help="run the measurement N times, each in a fresh process (into OUT/run-K), and "
+                             "report the coefficient of variation of its headline timing")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanocodegen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     bench = sub.add_parser("bench", help="run the agent benchmark and write results.json")
-    bench.add_argument("--suite", action="append", metavar="NAME",
-                       help="suite to run: seed, synthetic, synthetic-val, humaneval (repeatable; "
-                            "default: seed and synthetic)")
-    bench.add_argument("--tasks", metavar="FILE.jsonl", help="extra tasks, one JSON object per line "
-                       '({"id", "prompt", "expected"})')
-    bench.add_argument("--limit", type=int, metavar="N", help="at most N tasks per suite")
-    bench.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
-    bench.add_argument("--out", metavar="DIR", help="results folder (default: runs/bench-<timestamp>)")
-    bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    _add_run_args(bench, "runs/bench-<timestamp>")
+    bench.add_argument("--resume", action="store_true",
+                       help="continue the interrupted run in --out from the episodes it already wrote")
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
+
+    loadgen = sub.add_parser("loadgen", help="drive the agent with MLPerf LoadGen (scenarios, accuracy mode)")
+    _add_run_args(loadgen, "runs/loadgen-<scenario>-<mode>-<timestamp>")
+    add_dataclass_args(loadgen, LoadGenConfig)
+    add_dataclass_args(loadgen, AgentConfig)
+    loadgen.set_defaults(func=_loadgen)
+
+    report = sub.add_parser("report", help="write plots and a self-contained HTML report for a run folder")
+    report.add_argument("run", metavar="RUN_DIR", help="a folder written by bench or loadgen")
+    report.set_defaults(func=_report)
+
+    compare = sub.add_parser("compare", help="two runs' metrics side by side, with ratios")
+    compare.add_argument("run_a", metavar="RUN_A")
+    compare.add_argument("run_b", metavar="RUN_B")
+    compare.set_defaults(func=_compare)
 
     train = sub.add_parser("train", help="train the model from scratch and write a checkpoint")
     train.add_argument("--preset", default="default", choices=tuple(MODEL_PRESETS), help="model size")
@@ -88,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     from nanocodegen.tasks import TaskFileError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --repeat runs again
     try:
         return args.func(args)
     except (CliError, CheckpointError, TaskFileError, ValueError) as e:

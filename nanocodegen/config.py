@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 
 from nanocodegen.model import ModelConfig
 
-__all__ = ["ModelConfig", "TrainConfig", "AgentConfig", "MODEL_PRESETS", "add_dataclass_args", "from_args"]
+__all__ = ["ModelConfig", "TrainConfig", "AgentConfig", "LoadGenConfig", "MODEL_PRESETS", "add_dataclass_args",
+           "from_args"]
 
 
 def _f(default, help: str, **kw):
@@ -55,6 +56,23 @@ class AgentConfig:
     seed: int = _f(0, "sampling seed")
 
 
+@dataclass
+class LoadGenConfig:
+    """How `nanocodegen loadgen` drives MLPerf LoadGen. Settings are layered: LoadGen's mlperf.conf, then
+    this workload's defaults (harness.py), then --quick, then --user-conf, then the flags below."""
+
+    scenario: str = _f("SingleStream", "LoadGen scenario", choices=("SingleStream", "Offline", "Server"))
+    mode: str = _f("performance", "performance: timing; accuracy: every sample once, scored",
+                   choices=("performance", "accuracy"))
+    quick: bool = _f(False, "short settings (well under 2 minutes on 2 cores; VALID for SingleStream and Offline)")
+    user_conf: str | None = _f(None, "a LoadGen user.conf applied over the defaults (keys nanocodegen.SCENARIO.KEY)")
+    target_qps: float | None = _f(None, "Server: queries per second to issue; Offline: expected throughput; "
+                                        "SingleStream: 1 / expected latency")
+    min_duration_ms: int | None = _f(None, "minimum test duration in ms")
+    min_query_count: int | None = _f(None, "minimum number of queries")
+    warmup: int = _f(8, "episodes run before the test, to warm up and to measure throughput for the defaults")
+
+
 # Model sizes. "sketch" is the original sketch's model; "default" is the shipped checkpoint's shape.
 MODEL_PRESETS: dict[str, dict] = {
     "sketch": {},
@@ -65,6 +83,8 @@ MODEL_PRESETS: dict[str, dict] = {
 
 def _flag_type(tp):
     """The argparse type for a field annotation (annotations are strings under `from __future__`)."""
+    if isinstance(tp, str) and tp.endswith(" | None"):
+        tp = tp[: -len(" | None")]
     tp = {"int": int, "float": float, "str": str, "bool": bool}.get(tp, tp)
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         tp = next(a for a in typing.get_args(tp) if a is not type(None))

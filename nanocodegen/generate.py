@@ -10,6 +10,7 @@ Cache modes (what a retry costs):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -94,10 +95,12 @@ def generate(
     cache_mode: str = "attempt",
     prefix_cache: PrefixCache | None = None,
     generator: torch.Generator | None = None,
+    on_first_token: Callable[[torch.Tensor], None] | None = None,
 ) -> Generation:
     """Generate up to `max_new_tokens` after the (B, T) `prompt`, stopping when every row has
     produced `stop_token`. With cache_mode "prefix", `prefix_cache` says what the KV cache holds
-    and is updated to what it holds afterwards."""
+    and is updated to what it holds afterwards. `on_first_token` is called with the (B,) first
+    tokens as soon as they are sampled (a load generator times the first token there)."""
     if cache_mode not in CACHE_MODES:
         raise ValueError(f"unknown cache mode {cache_mode!r}; choose one of {', '.join(CACHE_MODES)}")
     B, T = prompt.shape
@@ -131,6 +134,8 @@ def generate(
     token = sample(logits, temperature, top_k, generator)
     _sync(device)
     t1 = time.perf_counter()
+    if on_first_token is not None:
+        on_first_token(token)
     decode_steps = 0
     while True:
         out = torch.cat([out, token[:, None]], dim=1)

