@@ -1,19 +1,28 @@
 """Command line: thin subcommands over the library.
 
     nanocodegen bench [--suite NAME] [--tasks FILE.jsonl] [--limit N] [--max-attempts N] ...
-    nanocodegen train [--preset default|smoke|sketch] [--max-steps N] [--out DIR] ...
+    nanocodegen train [--preset default|smoke|gpu|sketch] [--max-steps N] [--out DIR] [--resume DIR] ...
     nanocodegen demo
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 
 from rich.console import Console
 
-from nanocodegen.config import MODEL_PRESETS, AgentConfig, ModelConfig, TrainConfig, add_dataclass_args, from_args
+from nanocodegen.config import (
+    PRESETS,
+    AgentConfig,
+    ModelConfig,
+    TrainConfig,
+    add_dataclass_args,
+    from_args,
+    preset_configs,
+)
 
 
 class CliError(Exception):
@@ -36,11 +45,19 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nanocodegen.train import command_line, model_config_for, train
+    from nanocodegen.train import command_line, resume_configs, train
 
-    model_fields = ("d_model", "n_heads", "n_layers", "max_seq_len", "dropout")
-    model_cfg = model_config_for(args.preset, **{k: getattr(args, k) for k in model_fields})
-    train(model_cfg, from_args(TrainConfig, args), command=command_line())
+    model_flags = {k: getattr(args, k) for k in TRAIN_MODEL_FLAGS}
+    train_flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.resume:
+        given = [k for k, v in model_flags.items() if v is not None] + (["preset"] if args.preset else [])
+        if given or args.out:
+            names = ", ".join("--" + k.replace("_", "-") for k in [*given, *(["out"] if args.out else [])])
+            raise CliError(f"--resume DIR continues the run in DIR with its saved model and settings; drop {names}")
+        model_cfg, cfg, _ = resume_configs(args.resume, **train_flags)
+    else:
+        model_cfg, cfg = preset_configs(args.preset or "default", model_flags, train_flags)
+    train(model_cfg, cfg, command=command_line(), resume=bool(args.resume))
     return 0
 
 
@@ -49,6 +66,27 @@ def _demo(args: argparse.Namespace) -> int:
 
     demo_main(checkpoint=args.checkpoint)
     return 0
+
+
+TRAIN_MODEL_FLAGS = ("d_model", "n_heads", "n_layers", "max_seq_len", "dropout")
+
+
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser(
+        "train", help="train the model from scratch and write a checkpoint (also under torchrun)",
+        description="Train the model; the same command runs on one process or as each of torchrun's processes. "
+                    "Settings: a preset, then any flag given. Presets: "
+                    + "; ".join(f"{name}: {p.help}" for name, p in PRESETS.items()),
+    )
+    train.add_argument("--preset", choices=tuple(PRESETS), help="model size and training settings (default: default)")
+    for name in TRAIN_MODEL_FLAGS[:-1]:
+        train.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
+                           help=f"override the preset's {name} (sketch: {getattr(ModelConfig, name)})")
+    train.add_argument("--dropout", type=float, metavar="P", help="dropout probability")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its train_state.pt) "
+                       "with its saved settings; --stop-at, --save-interval and --data-workers may change")
+    add_dataclass_args(train, TrainConfig)
+    train.set_defaults(func=_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -68,14 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
 
-    train = sub.add_parser("train", help="train the model from scratch and write a checkpoint")
-    train.add_argument("--preset", default="default", choices=tuple(MODEL_PRESETS), help="model size")
-    for name in ("d_model", "n_heads", "n_layers", "max_seq_len"):
-        train.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
-                           help=f"override the preset's {name} (sketch: {getattr(ModelConfig, name)})")
-    train.add_argument("--dropout", type=float, metavar="P", help="dropout probability")
-    add_dataclass_args(train, TrainConfig)
-    train.set_defaults(func=_train)
+    _add_train_parser(sub)
 
     demo = sub.add_parser("demo", help="the original sketch's demo, with the real pieces")
     demo.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")

@@ -8,8 +8,8 @@ verifier, its message is what the agent would see, and any that turns out correc
 
 from __future__ import annotations
 
-import itertools
 import random
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +27,7 @@ CANDIDATES_PER_TASK = 4
 # Underspecified tasks are drawn this many times as often, and shown with failures this often: their
 # repair episodes are the ones that can only be solved by reading the failed attempt.
 CONVENTION_WEIGHT, CONVENTION_REPAIR_FRACTION = 3, 0.85
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
 
 
 @dataclass
@@ -45,11 +46,19 @@ class TokenizedTask:
     distractor_count: int = 0  # the first failures that are other readings of the task
 
 
-def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, progress=None) -> list[TaskData]:
-    """Corrupt each task's solution, run every candidate through the verifier, keep the failures.
+def without_addresses(text: str) -> str:
+    """`text` with object addresses ("<list_reverseiterator object at 0x7f3a...>") as "0x...".
 
-    Distractors (other readings of an underspecified task) come first in each task's list.
-    """
+    Feedback is training data, and training data must follow from the seed alone: a resumed run or
+    a run on several processes reproduces the uninterrupted one only if every verification reads
+    the same. Addresses are the one part of the verifier's messages that changes from run to run."""
+    return ADDRESS.sub("0x...", text)
+
+
+def candidate_jobs(tasks: list[Task], seed: int) -> list[tuple[int, str]]:
+    """(task index, code) for every wrong-attempt candidate: each task's other readings (distractors)
+    first, then corruptions of its solution. Deterministic in `seed`, so every rank of a
+    multi-process run draws the same list and can verify its own share of it."""
     rng = random.Random(seed)
     jobs: list[tuple[int, str]] = []
     for i, task in enumerate(tasks):
@@ -58,19 +67,41 @@ def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, 
             if c.code not in candidates:
                 candidates.append(c.code)
         jobs.extend((i, code) for code in candidates)
+    return jobs
 
-    def check(job: tuple[int, str]):
+
+def check_jobs(
+    jobs: list[tuple[int, str]], tasks: list[Task], verifier, workers: int = 2, progress=None
+) -> list[str | None]:
+    """Run each candidate through the verifier: its feedback text, or None where it is correct after all."""
+
+    def check(job: tuple[int, str]) -> str | None:
         i, code = job
-        return i, code, verifier.verify(code, tasks[i].expected)
+        verdict = verifier.verify(code, tasks[i].expected)
+        return None if verdict.outcome is Outcome.CORRECT else without_addresses(format_feedback(verdict))
 
-    out = [TaskData(task) for task in tasks]
+    out = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, code, verdict in pool.map(check, jobs, chunksize=16):
-            if verdict.outcome is not Outcome.CORRECT:
-                out[i].failures.append((code, format_feedback(verdict)))
+        for feedback in pool.map(check, jobs, chunksize=16):
+            out.append(feedback)
             if progress is not None:
                 progress(1)
     return out
+
+
+def collect_failures(tasks: list[Task], jobs: list[tuple[int, str]], feedback: list[str | None]) -> list[TaskData]:
+    """Each task with its failed candidates, in candidate order (distractors first)."""
+    out = [TaskData(task) for task in tasks]
+    for (i, code), text in zip(jobs, feedback, strict=True):
+        if text is not None:
+            out[i].failures.append((code, text))
+    return out
+
+
+def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, progress=None) -> list[TaskData]:
+    """Corrupt each task's solution, run every candidate through the verifier, keep the failures."""
+    jobs = candidate_jobs(tasks, seed)
+    return collect_failures(tasks, jobs, check_jobs(jobs, tasks, verifier, workers, progress))
 
 
 def episode_text(task: Task, failures: list[tuple[str, str]]) -> str:
@@ -154,17 +185,38 @@ def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[in
         failures = failures[:-1]
 
 
-def episode_stream(
-    tasks: list[TokenizedTask], seed: int, repair_fraction: float, max_len: int
-) -> Iterator[tuple[list[int], list[int]]]:
-    """Endless shuffled episodes: each pass over the tasks draws fresh failure combinations."""
-    rng = random.Random(seed)
-    weighted = [i for i, t in enumerate(tasks) for _ in range(CONVENTION_WEIGHT if t.distractor_count else 1)]
-    for _epoch in itertools.count():
-        order = list(weighted)
-        rng.shuffle(order)
-        for i in order:
-            yield fitted(tasks[i], sample_failures(tasks[i], rng, repair_fraction), max_len)
+class EpisodeStream:
+    """Endless shuffled episodes: each pass over the tasks (underspecified ones CONVENTION_WEIGHT times)
+    draws fresh failure combinations. Its position is plain data (`state_dict`), so a resumed run
+    continues with exactly the episodes an uninterrupted one would have seen."""
+
+    def __init__(self, tasks: list[TokenizedTask], seed: int, repair_fraction: float, max_len: int):
+        self.tasks, self.repair_fraction, self.max_len = tasks, repair_fraction, max_len
+        self.weighted = [i for i, t in enumerate(tasks) for _ in range(CONVENTION_WEIGHT if t.distractor_count else 1)]
+        self.rng = random.Random(seed)
+        self.order: list[int] = []  # this pass's task order
+        self.pos = 0  # episodes of this pass already drawn
+
+    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+        return self
+
+    def __next__(self) -> tuple[list[int], list[int]]:
+        if self.pos == len(self.order):  # a new pass; the shuffle and the failure draws share one rng
+            self.order = list(self.weighted)
+            self.rng.shuffle(self.order)
+            self.pos = 0
+        i = self.order[self.pos]
+        self.pos += 1
+        return fitted(self.tasks[i], sample_failures(self.tasks[i], self.rng, self.repair_fraction), self.max_len)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        if any(i >= len(self.tasks) for i in state["order"]):
+            raise ValueError("the saved episode order names tasks this data does not have; the data differ")
+        self.rng.setstate(state["rng"])
+        self.order, self.pos = list(state["order"]), state["pos"]
 
 
 def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[tuple[list[int], list[int]]]:
