@@ -45,7 +45,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nanocodegen.train import command_line, resume_configs, train
+    from nanocodegen.train import command_line, train
+    from nanocodegen.train_state import resume_configs
 
     model_flags = {k: getattr(args, k) for k in TRAIN_MODEL_FLAGS}
     train_flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}

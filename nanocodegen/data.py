@@ -4,6 +4,10 @@ A repair episode shows the task, one or more wrong attempts each followed by the
 message for it, then the right code. Wrong attempts are realistic corruptions of the reference
 solution (and, for underspecified tasks, the other readings); every one is run through the sandboxed
 verifier, its message is what the agent would see, and any that turns out correct is dropped.
+
+Episodes reach training as an endless `EpisodeStream`, grouped into length-sorted global batches by
+`BatchStream` and split over processes and micro-batches by `shard`; both streams' positions are plain
+data, so a resumed run sees exactly the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
@@ -28,6 +32,9 @@ CANDIDATES_PER_TASK = 4
 # repair episodes are the ones that can only be solved by reading the failed attempt.
 CONVENTION_WEIGHT, CONVENTION_REPAIR_FRACTION = 3, 0.85
 ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
+
+
+Episode = tuple[list[int], list[int]]  # (input ids, target ids), of equal length
 
 
 @dataclass
@@ -135,7 +142,7 @@ def tokenize_tasks(data: list[TaskData], tok: CodeTokenizer, feedback_budget: in
     return out
 
 
-def assemble(t: TokenizedTask, failures: list[int]) -> tuple[list[int], list[int]]:
+def assemble(t: TokenizedTask, failures: list[int]) -> Episode:
     """(inputs, targets) of one episode showing the given failures (indices into t.failures).
 
     Only the solution's tokens (and its <|end|>) carry loss. Must equal `prompt.training_example`
@@ -176,7 +183,7 @@ def sample_failures(t: TokenizedTask, rng: random.Random, repair_fraction: float
     return others[: rng.choices(FAILURE_COUNTS, FAILURE_WEIGHTS)[0]]
 
 
-def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[int], list[int]]:
+def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> Episode:
     """The episode with as many of the chosen failures as fit in `max_len` positions."""
     while True:
         inputs, targets = assemble(t, failures)
@@ -197,10 +204,10 @@ class EpisodeStream:
         self.order: list[int] = []  # this pass's task order
         self.pos = 0  # episodes of this pass already drawn
 
-    def __iter__(self) -> Iterator[tuple[list[int], list[int]]]:
+    def __iter__(self) -> Iterator[Episode]:
         return self
 
-    def __next__(self) -> tuple[list[int], list[int]]:
+    def __next__(self) -> Episode:
         if self.pos == len(self.order):  # a new pass; the shuffle and the failure draws share one rng
             self.order = list(self.weighted)
             self.rng.shuffle(self.order)
@@ -219,7 +226,7 @@ class EpisodeStream:
         self.order, self.pos = list(state["order"]), state["pos"]
 
 
-def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[Episode]:
     """Validation episodes: every task once directly and once with one failure (if it has one)."""
     rng = random.Random(seed)
     out = []
@@ -228,3 +235,41 @@ def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> l
         if t.failures:
             out.append(fitted(t, [rng.randrange(len(t.failures))], max_len))
     return out
+
+
+class BatchStream:
+    """Endless global batches of `batch_size` episodes. Episodes are grouped by length within windows
+    of `bucket` batches so little compute goes to padding (each batch comes out sorted by length); the
+    batch order within a window is shuffled. Its position is plain data (`state_dict`)."""
+
+    def __init__(self, episodes: EpisodeStream, batch_size: int, seed: int, bucket: int = 16):
+        self.episodes, self.batch_size, self.bucket = episodes, batch_size, bucket
+        self.rng = random.Random(seed)
+        self.pending: list[list[Episode]] = []  # the current window's batches not yet handed out
+
+    def __iter__(self) -> Iterator[list[Episode]]:
+        return self
+
+    def __next__(self) -> list[Episode]:
+        if not self.pending:
+            window = [next(self.episodes) for _ in range(self.batch_size * self.bucket)]
+            window.sort(key=lambda e: len(e[0]))
+            self.pending = [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+            self.rng.shuffle(self.pending)
+        return self.pending.pop(0)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "pending": list(self.pending), "episodes": self.episodes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.pending = list(state["pending"])
+        self.episodes.load_state_dict(state["episodes"])
+
+
+def shard(batch: list[Episode], rank: int, world_size: int, grad_accum: int) -> list[list[Episode]]:
+    """This rank's micro-batches of a global batch: episodes rank, rank + W, ... (the batch is sorted by
+    length, so each rank gets a like share of tokens), cut into `grad_accum` runs of similar length."""
+    mine = batch[rank::world_size]
+    n = len(mine)
+    return [mine[k * n // grad_accum : (k + 1) * n // grad_accum] for k in range(grad_accum)]

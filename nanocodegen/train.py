@@ -10,8 +10,7 @@ every wrong attempt through the sandboxed verifier for its real message, train t
 that text, then train the transformer with cross-entropy on the code tokens only (AdamW, warmup +
 cosine decay, gradient clipping, periodic validation loss on the val split). Writes a checkpoint
 folder (see checkpoint.py) whose config.json records the exact command and settings, plus
-train_state.pt (model, optimizer, step, data position, RNG) every --save-interval steps until the run
-completes, for --resume.
+train_state.pt (see train_state.py) every --save-interval steps until the run completes, for --resume.
 
 Several processes (torchrun sets RANK, LOCAL_RANK, WORLD_SIZE; see distributed.py) train one model.
 Each verifies every W-th wrong attempt and all share the verdicts; rank 0 trains the tokenizer and sends
@@ -27,12 +26,11 @@ import itertools
 import json
 import math
 import os
-import random
 import shlex
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -46,6 +44,8 @@ from nanocodegen import distributed, families
 from nanocodegen.checkpoint import CONFIG_FILE, LOG_FILE, CheckpointError, save_checkpoint
 from nanocodegen.config import ModelConfig, TrainConfig
 from nanocodegen.data import (
+    BatchStream,
+    Episode,
     EpisodeStream,
     TokenizedTask,
     candidate_jobs,
@@ -53,6 +53,7 @@ from nanocodegen.data import (
     collect_failures,
     episode_text,
     fixed_episodes,
+    shard,
     tokenize_tasks,
 )
 from nanocodegen.distributed import Dist
@@ -60,12 +61,7 @@ from nanocodegen.model import NanoCodeGenAgent
 from nanocodegen.prompt import IGNORE
 from nanocodegen.tasks import load_suite
 from nanocodegen.tokenizer import CodeTokenizer
-
-STATE_FILE = "train_state.pt"
-# Settings a resumed run may change: none of them changes what is computed.
-RESUME_MAY_CHANGE = ("stop_at", "save_interval", "data_workers")
-
-Episode = tuple[list[int], list[int]]  # (input ids, target ids)
+from nanocodegen.train_state import STATE_FILE, RunProgress, load_state, rng_state, save_state, set_rng_state
 
 
 def progress_bar(console: Console) -> Progress:
@@ -115,42 +111,15 @@ def pad_batch(episodes: list[Episode], pad_id: int) -> tuple[torch.Tensor, torch
     return x, y
 
 
-class BatchStream:
-    """Endless global batches of `batch_size` episodes. Episodes are grouped by length within windows
-    of `bucket` batches so little compute goes to padding (each batch comes out sorted by length); the
-    batch order within a window is shuffled. Its position is plain data (`state_dict`)."""
-
-    def __init__(self, episodes: EpisodeStream, batch_size: int, seed: int, bucket: int = 16):
-        self.episodes, self.batch_size, self.bucket = episodes, batch_size, bucket
-        self.rng = random.Random(seed)
-        self.pending: list[list[Episode]] = []  # the current window's batches not yet handed out
-
-    def __iter__(self):
-        return self
-
-    def __next__(self) -> list[Episode]:
-        if not self.pending:
-            window = [next(self.episodes) for _ in range(self.batch_size * self.bucket)]
-            window.sort(key=lambda e: len(e[0]))
-            self.pending = [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
-            self.rng.shuffle(self.pending)
-        return self.pending.pop(0)
-
-    def state_dict(self) -> dict:
-        return {"rng": self.rng.getstate(), "pending": list(self.pending), "episodes": self.episodes.state_dict()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.rng.setstate(state["rng"])
-        self.pending = list(state["pending"])
-        self.episodes.load_state_dict(state["episodes"])
-
-
-def shard(batch: list[Episode], rank: int, world_size: int, grad_accum: int) -> list[list[Episode]]:
-    """This rank's micro-batches of a global batch: episodes rank, rank + W, ... (the batch is sorted by
-    length, so each rank gets a like share of tokens), cut into `grad_accum` runs of similar length."""
-    mine = batch[rank::world_size]
-    n = len(mine)
-    return [mine[k * n // grad_accum : (k + 1) * n // grad_accum] for k in range(grad_accum)]
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.AdamW:
+    """AdamW with weight decay on matrices only (not on biases and LayerNorm gains); fused on CUDA."""
+    decay = [p for p in model.parameters() if p.dim() >= 2]
+    no_decay = [p for p in model.parameters() if p.dim() < 2]
+    on_cuda = decay[0].device.type == "cuda"
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=cfg.lr, betas=(0.9, 0.95), fused=on_cuda or None,
+    )
 
 
 def train_step(
@@ -293,56 +262,6 @@ def check_settings(cfg: TrainConfig, dist: Dist) -> None:
         )
 
 
-def resume_configs(path: str | Path, **changes) -> tuple[ModelConfig, TrainConfig, dict]:
-    """The settings of the interrupted run in `path` (with the RESUME_MAY_CHANGE fields in `changes`
-    applied) and its config.json; raises CheckpointError when there is nothing to resume."""
-    path = Path(path)
-    if not (path / STATE_FILE).is_file():
-        raise CheckpointError(
-            f"{path} has no {STATE_FILE}: the run there completed (nothing to resume) or never saved a "
-            "resumable checkpoint (see --save-interval and --stop-at)"
-        )
-    refused = sorted(k for k, v in changes.items() if v is not None and k not in RESUME_MAY_CHANGE)
-    if refused:
-        flags = lambda names: ", ".join("--" + k.replace("_", "-") for k in names)
-        raise ValueError(
-            f"--resume continues a run with its saved settings; drop {flags(refused)} "
-            f"(only {flags(RESUME_MAY_CHANGE)} may change)"
-        )
-    try:
-        meta = json.loads((path / CONFIG_FILE).read_text())
-        known = {f.name for f in fields(TrainConfig)}
-        saved = {k: v for k, v in meta["train"].items() if k in known}
-        model_cfg = ModelConfig(**meta["model"])
-    except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path / CONFIG_FILE} is missing or unreadable ({e}); cannot resume") from None
-    saved["stop_at"] = 0  # the saved run's stop was for its own invocation
-    saved.update({k: v for k, v in changes.items() if v is not None})
-    saved["out"] = str(path)
-    return model_cfg, TrainConfig(**saved), meta
-
-
-def save_state(out: Path, state: dict) -> None:
-    """Write train_state.pt atomically: a run killed mid-write keeps the previous state."""
-    tmp = out / (STATE_FILE + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, out / STATE_FILE)
-
-
-def rng_state(device: torch.device) -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate()}
-    if device.type == "cuda":
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    return state
-
-
-def set_rng_state(state: dict, device: torch.device) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(state["python"])
-    if device.type == "cuda" and "cuda" in state:
-        torch.cuda.set_rng_state(state["cuda"], device)
-
-
 def train(
     model_cfg: ModelConfig, cfg: TrainConfig, command: str = "", console: Console | None = None, resume: bool = False
 ) -> Path:
@@ -363,43 +282,35 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, command: str, console: Cons
     if not dist.is_main:
         console = Console(quiet=True)
     out = Path(cfg.out)
-    state = None
-    if resume:  # rank 0 reads the saved state; the others get it from rank 0, so only it needs the folder
-        state = torch.load(out / STATE_FILE, weights_only=True) if dist.is_main else None
-        state = distributed.broadcast(state, dist)
+    # On resume rank 0 reads the folder and sends the state to the others: only it needs the folder.
+    state = distributed.broadcast(load_state(out) if resume and dist.is_main else None, dist)
     # Same seed on every rank: the same initial weights (DDP also copies rank 0's), the same batches.
     torch.manual_seed(cfg.seed)
     saved_tok = CodeTokenizer.load(out) if resume and dist.is_main else None
     data = prepare_data(cfg, dist, console, saved_tok, state["feedback"] if state else None)
-    tok, train_data, val_data = data.tok, data.train, data.val
     if state is not None and state["data_sha256"] != data.sha256:
         raise CheckpointError(f"{out / STATE_FILE}: the saved data do not match the candidates this version "
                               "draws; resume with the version of nanocodegen that started the run")
-    data_seconds = time.perf_counter() - t_start
+    tok, data_seconds = data.tok, time.perf_counter() - t_start
     model_cfg = ModelConfig(**{**asdict(model_cfg), "vocab_size": tok.vocab_size})
     model = NanoCodeGenAgent.from_config(model_cfg).to(dist.device)
     if dist.rank:  # dropout masks differ between ranks, as they would between one process's samples
         torch.manual_seed(cfg.seed + dist.rank)
     amp = autocast_dtype(cfg.precision, dist.device)
-    val_episodes = fixed_episodes(val_data, cfg.seed, model_cfg.max_seq_len)
-
-    decay = [p for p in model.parameters() if p.dim() >= 2]
-    no_decay = [p for p in model.parameters() if p.dim() < 2]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-        lr=cfg.lr, betas=(0.9, 0.95), fused=dist.device.type == "cuda" or None,
-    )
-    batches = BatchStream(EpisodeStream(train_data, cfg.seed, cfg.repair_fraction, model_cfg.max_seq_len),
+    if dist.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for what runs outside autocast (evaluation)
+    val_episodes = fixed_episodes(data.val, cfg.seed, model_cfg.max_seq_len)
+    opt = make_optimizer(model, cfg)
+    batches = BatchStream(EpisodeStream(data.train, cfg.seed, cfg.repair_fraction, model_cfg.max_seq_len),
                           cfg.batch_size, cfg.seed)
-    start_step, tokens_seen, best_val, val_loss, seconds_before = 0, 0, float("inf"), float("nan"), 0.0
+    progress = RunProgress()
     if state is not None:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         batches.load_state_dict(state["batches"])
-        rngs = state["rng"]
+        rngs = state["rng"]  # one per rank; another number of processes takes rank 0's
         set_rng_state(rngs[dist.rank] if len(rngs) == dist.world_size else rngs[0], dist.device)
-        start_step, tokens_seen, seconds_before = state["step"], state["tokens"], state["seconds"]
-        best_val, val_loss = state["best_val"], state["val_loss"]
+        progress = RunProgress(**state["progress"])
     train_model = model
     if dist.enabled:
         train_model = DistributedDataParallel(
@@ -408,87 +319,84 @@ def _train(model_cfg: ModelConfig, cfg: TrainConfig, command: str, console: Cons
         )
     end_step = cfg.stop_at or cfg.max_steps
     console.print(
-        f"model {model.num_params() / 1e6:.2f}M params, vocab {tok.vocab_size}; {len(train_data)} train tasks, "
+        f"model {model.num_params() / 1e6:.2f}M params, vocab {tok.vocab_size}; {len(data.train)} train tasks, "
         f"{len(val_episodes)} val episodes; data ready in {data_seconds:.0f}s; {dist.world_size} process(es) on "
         f"{dist.device.type}, autocast {amp or 'off'}; global batch {cfg.batch_size} episodes"
-        + (f", resuming at step {start_step}" if state else "")
+        + (f"; resuming after step {progress.step}" if state else "")
     )
 
+    meta = {"train": asdict(cfg), "prompt": {"feedback_budget": cfg.feedback_budget}, "command": command}
     log_path = out / LOG_FILE
     if dist.is_main:
         out.mkdir(parents=True, exist_ok=True)
-        kept = [line for line in log_path.read_text().splitlines() if json.loads(line)["step"] <= start_step] if (
-            state and log_path.is_file()) else []
+        kept = []
+        if state is not None:  # the command that started the run stays; resumes are listed
+            saved = json.loads((out / CONFIG_FILE).read_text())
+            meta["command"] = saved.get("command", "")
+            meta["resumes"] = [*saved.get("resumes", []), {"step": progress.step, "command": command}]
+            # a run killed after its last save logged steps that will now run again
+            lines = log_path.read_text().splitlines() if log_path.is_file() else []
+            kept = [line for line in lines if json.loads(line)["step"] <= progress.step]
         log = log_path.open("w")
         log.writelines(line + "\n" for line in kept)
 
-    started_by, resumes = command, []
-    if state is not None and dist.is_main:  # the command that started the run stays; resumes are listed
-        saved = json.loads((out / CONFIG_FILE).read_text())
-        started_by = saved.get("command", "")
-        resumes = [*saved.get("resumes", []), {"step": start_step, "command": command}]
-
-    def checkpoint(step: int, rngs: list[dict] | None) -> None:
-        """Write the checkpoint folder; with `rngs` (every rank's RNG state) also train_state.pt."""
-        seconds = seconds_before + time.perf_counter() - t_clock
-        meta = {
-            "train": asdict(cfg),
-            "prompt": {"feedback_budget": cfg.feedback_budget},
-            "command": started_by,
-            **({"resumes": resumes} if resumes else {}),
-            "result": {"val_loss": round(val_loss, 5), "best_val_loss": round(best_val, 5), "steps": step,
-                       "complete": step == cfg.max_steps, "tokens": tokens_seen, "train_seconds": round(seconds, 1),
-                       "data_seconds": round(data_seconds, 1), "data_sha256": data.sha256, "torch": torch.__version__,
-                       "processes": dist.world_size, "device": dist.device.type,
-                       "threads": torch.get_num_threads(), "autocast": str(amp) if amp else None},
-        }
+    def write_checkpoint(rngs: list[dict] | None) -> None:
+        """The checkpoint folder; with `rngs` (every rank's RNG state) also train_state.pt, else the
+        run is complete and its train_state.pt goes."""
+        meta["result"] = {
+            "val_loss": round(progress.val_loss, 5), "best_val_loss": round(progress.best_val, 5),
+            "steps": progress.step, "complete": progress.step == cfg.max_steps, "tokens": progress.tokens,
+            "train_seconds": round(progress.seconds, 1), "data_seconds": round(data_seconds, 1),
+            "data_sha256": data.sha256, "torch": torch.__version__, "processes": dist.world_size,
+            "device": dist.device.type, "threads": torch.get_num_threads(), "autocast": str(amp) if amp else None,
+        }  # fmt: skip
         if rngs is not None:
-            save_state(out, {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
-                             "batches": batches.state_dict(), "rng": rngs, "tokens": tokens_seen,
-                             "seconds": seconds, "best_val": best_val, "val_loss": val_loss,
+            save_state(out, {"step": progress.step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                             "batches": batches.state_dict(), "rng": rngs, "progress": asdict(progress),
                              "feedback": data.feedback, "data_sha256": data.sha256, "world_size": dist.world_size})
         save_checkpoint(out, model, tok, meta)
         if rngs is None and (out / STATE_FILE).exists():
-            (out / STATE_FILE).unlink()  # the run is complete: nothing left to resume
+            (out / STATE_FILE).unlink()
 
     model.train()
-    t_clock = time.perf_counter() if state else t_start
+    # A fresh run's clock includes data preparation (as the log always has); a resumed one continues.
+    t_clock = time.perf_counter() - progress.seconds if state else t_start
     with progress_bar(console) as bar:
-        job = bar.add_task("training", total=cfg.max_steps, completed=start_step, info="")
-        for step in range(start_step, end_step):
+        job = bar.add_task("training", total=cfg.max_steps, completed=progress.step, info="")
+        for step in range(progress.step, end_step):
             lr = lr_at(step, cfg)
             for group in opt.param_groups:
                 group["lr"] = lr
             micro = shard(next(batches), dist.rank, dist.world_size, cfg.grad_accum)
             loss, tokens = train_step(train_model, opt, micro, tok.pad_id, dist, amp, cfg.grad_clip)
-            tokens_seen += tokens
-            done = step + 1
-            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-                if dist.is_main:
-                    val_loss = evaluate(model, val_episodes, tok.pad_id)
-                    best_val = min(best_val, val_loss)
-            saving = done == end_step or (cfg.save_interval and done % cfg.save_interval == 0)
-            resumable = saving and done < cfg.max_steps
+            progress.step, progress.tokens = step + 1, progress.tokens + tokens
+            evaluating = progress.step % cfg.eval_interval == 0 or progress.step == cfg.max_steps
+            if evaluating and dist.is_main:
+                progress.val_loss = evaluate(model, val_episodes, tok.pad_id)
+                progress.best_val = min(progress.best_val, progress.val_loss)
+            progress.seconds = time.perf_counter() - t_clock
+            saving = progress.step == end_step or (cfg.save_interval and progress.step % cfg.save_interval == 0)
+            resumable = saving and progress.step < cfg.max_steps
             rngs = distributed.all_gather(rng_state(dist.device), dist) if resumable else None
             if not dist.is_main:
                 continue
-            record = {"step": done, "loss": round(loss, 5), "lr": lr, "tokens": tokens_seen,
-                      "seconds": round(seconds_before + time.perf_counter() - t_clock, 2)}
-            if done % cfg.eval_interval == 0 or done == cfg.max_steps:
-                record["val_loss"] = round(val_loss, 5)
+            record = {"step": progress.step, "loss": round(loss, 5), "lr": lr, "tokens": progress.tokens,
+                      "seconds": round(progress.seconds, 2)}
+            if evaluating:
+                record["val_loss"] = round(progress.val_loss, 5)
             log.write(json.dumps(record) + "\n")
             log.flush()
             if saving:
-                checkpoint(done, rngs)
-            bar.update(job, advance=1, info=f"loss {loss:.3f} val {val_loss:.3f}")
+                write_checkpoint(rngs)
+            bar.update(job, advance=1, info=f"loss {loss:.3f} val {progress.val_loss:.3f}")
     if dist.is_main:
         log.close()
-    seconds = seconds_before + time.perf_counter() - t_clock
     if end_step < cfg.max_steps:
-        console.print(f"stopped after step {end_step} of {cfg.max_steps}, {seconds:.0f}s; continue with "
+        console.print(f"stopped after step {end_step} of {cfg.max_steps}, {progress.seconds:.0f}s; continue with "
                       f"`nanocodegen train --resume {out}`")
     else:
-        console.print(f"val loss {val_loss:.4f} (code tokens) after {cfg.max_steps} steps, {seconds:.0f}s; wrote {out}")
+        console.print(f"val loss {progress.val_loss:.4f} (code tokens) after {cfg.max_steps} steps, "
+                      f"{progress.seconds:.0f}s; wrote {out}")
     return out
 
 

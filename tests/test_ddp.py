@@ -13,7 +13,8 @@ from rich.console import Console
 from nanocodegen.checkpoint import load_checkpoint, read_train_log
 from nanocodegen.config import preset_configs
 from nanocodegen.distributed import choose_device, read_env
-from nanocodegen.train import STATE_FILE, train
+from nanocodegen.train import train
+from nanocodegen.train_state import STATE_FILE
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,6 @@
 import copy
 import json
 import math
-import pickle
 import random
 
 import pytest
@@ -10,10 +9,11 @@ from rich.console import Console
 
 from nanocodegen.checkpoint import load_checkpoint, read_train_log
 from nanocodegen.config import PRESETS, TrainConfig, preset_configs
-from nanocodegen.data import EpisodeStream, TokenizedTask
 from nanocodegen.distributed import Dist
 from nanocodegen.model import ModelConfig, NanoCodeGenAgent
-from nanocodegen.train import STATE_FILE, BatchStream, lr_at, pad_batch, resume_configs, shard, train, train_step
+from nanocodegen.prompt import IGNORE
+from nanocodegen.train import lr_at, pad_batch, train, train_step
+from nanocodegen.train_state import STATE_FILE, resume_configs
 
 
 def test_lr_schedule_warms_up_then_decays_to_min():
@@ -46,41 +46,16 @@ def test_presets_state_only_what_differs_and_flags_win():
         preset_configs("huge")
 
 
-def toy_tasks(n=40, seed=0) -> list[TokenizedTask]:
-    rng = random.Random(seed)
-    ids = lambda k: [rng.randrange(5, 50) for _ in range(k)]
-    return [TokenizedTask(prompt=ids(rng.randint(3, 9)), solution=ids(rng.randint(2, 6)),
-                          failures=[(ids(3), ids(2)) for _ in range(rng.randint(0, 3))]) for _ in range(n)]
-
-
-def test_batch_stream_resumes_where_it_stopped():
-    make = lambda: BatchStream(EpisodeStream(toy_tasks(), 1, 0.6, 64), batch_size=4, seed=1, bucket=3)
-    a = make()
-    first = [next(a) for _ in range(5)]  # mid-window: 5 is not a multiple of the 3 batches a window holds
-    state = pickle.loads(pickle.dumps(a.state_dict()))  # plain data, as saved in train_state.pt
-    rest = [next(a) for _ in range(40)]  # crosses several passes over the 40 tasks
-    b = make()
-    b.load_state_dict(state)
-    assert [next(b) for _ in range(40)] == rest
-    assert all(len(batch) == 4 for batch in first + rest)
-    assert all([len(x) for x, _ in batch] == sorted(len(x) for x, _ in batch) for batch in rest)
-
-
-def test_shard_gives_each_episode_to_one_rank_and_micro_batch():
-    batch = [([i] * (i + 1), [i]) for i in range(11)]
-    parts = [shard(batch, rank, 3, 2) for rank in range(3)]
-    seen = sorted(ep[1][0] for rank in parts for micro in rank for ep in micro)
-    assert seen == list(range(11))
-    assert all(len(rank) == 2 and all(micro for micro in rank) for rank in parts)
-    assert [sum(len(m) for m in rank) for rank in parts] == [4, 4, 3]
-
-
 def test_micro_batches_give_the_gradient_of_the_whole_batch():
     """Summed losses over the global code-token count: accumulating micro-batches of unequal token
     counts takes the same step as one batch (a mean per micro-batch would not)."""
     cfg = ModelConfig(vocab_size=50, d_model=16, n_heads=2, n_layers=1, max_seq_len=64, retry_conditioning=False)
-    stream = EpisodeStream(toy_tasks(), 2, 0.6, 64)
-    episodes = sorted((next(stream) for _ in range(6)), key=lambda e: len(e[0]))
+    rng = random.Random(0)
+    episodes = []  # (inputs, targets): a prompt without loss, then 2-9 code tokens
+    for length in (6, 9, 11, 14, 20, 31):
+        ids = [rng.randrange(1, 50) for _ in range(length + 1)]
+        code = rng.randint(2, min(9, length - 2))
+        episodes.append((ids[:-1], [IGNORE] * (length - code) + ids[-code:]))
     torch.manual_seed(0)
     one = NanoCodeGenAgent.from_config(cfg)
     two = copy.deepcopy(one)
@@ -155,3 +130,23 @@ def test_settings_that_cannot_run_are_refused(tmp_path):
         smoke_run(tmp_path, batch_size=2, grad_accum=4)
     with pytest.raises(ValueError, match="past --max-steps"):
         smoke_run(tmp_path, stop_at=41)
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "smoke", "--batch-size", "0", "--out", "{out}"], "--batch-size must be at least 1"),
+        (["--preset", "smoke", "--stop-at", "30", "--out", "{out}"], "--stop-at 30 is past --max-steps 20"),
+        (["--resume", "{out}"], "has no train_state.pt"),
+        (["--resume", "{saved}", "--preset", "smoke"], "drop --preset"),
+        (["--resume", "{saved}", "--lr", "0.1", "--stop-at", "5"], "drop --lr"),
+    ],
+)
+def test_train_command_errors_are_one_line_with_exit_code_2(args, message, tmp_path, capsys):
+    from nanocodegen.cli import main
+
+    (tmp_path / "saved").mkdir()
+    (tmp_path / "saved" / STATE_FILE).write_bytes(b"")  # looks resumable: the settings are checked first
+    assert main(["train", *(a.format(out=tmp_path / "out", saved=tmp_path / "saved") for a in args)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
