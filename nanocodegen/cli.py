@@ -4,13 +4,14 @@
     nanocodegen loadgen [--scenario SingleStream|Offline|Server] [--mode performance|accuracy] [--quick] ...
     nanocodegen report RUN_DIR
     nanocodegen compare RUN_A RUN_B
-    nanocodegen train [--preset default|smoke|sketch] [--max-steps N] [--out DIR] ...
+    nanocodegen train [--preset default|smoke|gpu|sketch] [--max-steps N] [--out DIR] [--resume DIR] ...
     nanocodegen demo
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -18,13 +19,14 @@ from pathlib import Path
 from rich.console import Console
 
 from nanocodegen.config import (
-    MODEL_PRESETS,
+    PRESETS,
     AgentConfig,
     LoadGenConfig,
     ModelConfig,
     TrainConfig,
     add_dataclass_args,
     from_args,
+    preset_configs,
 )
 
 
@@ -120,11 +122,20 @@ def _compare(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from nanocodegen.train import command_line, model_config_for, train
+    from nanocodegen.train import command_line, train
+    from nanocodegen.train_state import resume_configs
 
-    model_fields = ("d_model", "n_heads", "n_layers", "max_seq_len", "dropout")
-    model_cfg = model_config_for(args.preset, **{k: getattr(args, k) for k in model_fields})
-    train(model_cfg, from_args(TrainConfig, args), command=command_line())
+    model_flags = {k: getattr(args, k) for k in TRAIN_MODEL_FLAGS}
+    train_flags = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    if args.resume:
+        given = [k for k, v in model_flags.items() if v is not None] + (["preset"] if args.preset else [])
+        if given or args.out:
+            names = ", ".join("--" + k.replace("_", "-") for k in [*given, *(["out"] if args.out else [])])
+            raise CliError(f"--resume DIR continues the run in DIR with its saved model and settings; drop {names}")
+        model_cfg, cfg, _ = resume_configs(args.resume, **train_flags)
+    else:
+        model_cfg, cfg = preset_configs(args.preset or "default", model_flags, train_flags)
+    train(model_cfg, cfg, command=command_line(), resume=bool(args.resume))
     return 0
 
 
@@ -149,6 +160,27 @@ def _add_run_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--repeat", type=int, metavar="N",
                         help="run the measurement N times, each in a fresh process (into OUT/run-K), and "
                              "report the coefficient of variation of its headline timing")
+
+
+TRAIN_MODEL_FLAGS = ("d_model", "n_heads", "n_layers", "max_seq_len", "dropout")
+
+
+def _add_train_parser(sub) -> None:
+    train = sub.add_parser(
+        "train", help="train the model from scratch and write a checkpoint (also under torchrun)",
+        description="Train the model; the same command runs on one process or as each of torchrun's processes. "
+                    "Settings: a preset, then any flag given. Presets: "
+                    + "; ".join(f"{name}: {p.help}" for name, p in PRESETS.items()),
+    )
+    train.add_argument("--preset", choices=tuple(PRESETS), help="model size and training settings (default: default)")
+    for name in TRAIN_MODEL_FLAGS[:-1]:
+        train.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
+                           help=f"override the preset's {name} (sketch: {getattr(ModelConfig, name)})")
+    train.add_argument("--dropout", type=float, metavar="P", help="dropout probability")
+    train.add_argument("--resume", metavar="DIR", help="continue the interrupted run in DIR (its train_state.pt) "
+                       "with its saved settings; --stop-at, --save-interval and --data-workers may change")
+    add_dataclass_args(train, TrainConfig)
+    train.set_defaults(func=_train)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -177,14 +209,7 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("run_b", metavar="RUN_B")
     compare.set_defaults(func=_compare)
 
-    train = sub.add_parser("train", help="train the model from scratch and write a checkpoint")
-    train.add_argument("--preset", default="default", choices=tuple(MODEL_PRESETS), help="model size")
-    for name in ("d_model", "n_heads", "n_layers", "max_seq_len"):
-        train.add_argument("--" + name.replace("_", "-"), type=int, metavar="N",
-                           help=f"override the preset's {name} (sketch: {getattr(ModelConfig, name)})")
-    train.add_argument("--dropout", type=float, metavar="P", help="dropout probability")
-    add_dataclass_args(train, TrainConfig)
-    train.set_defaults(func=_train)
+    _add_train_parser(sub)
 
     demo = sub.add_parser("demo", help="the original sketch's demo, with the real pieces")
     demo.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")

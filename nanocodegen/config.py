@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 from nanocodegen.model import ModelConfig
 
-__all__ = ["ModelConfig", "TrainConfig", "AgentConfig", "LoadGenConfig", "MODEL_PRESETS", "add_dataclass_args",
-           "from_args"]
+__all__ = ["ModelConfig", "TrainConfig", "AgentConfig", "LoadGenConfig", "Preset", "PRESETS", "MODEL_PRESETS",
+           "preset_configs", "add_dataclass_args", "from_args"]
 
 
 def _f(default, help: str, **kw):
@@ -23,24 +23,33 @@ def _f(default, help: str, **kw):
 
 @dataclass
 class TrainConfig:
+    """One training run. These defaults are the `default` preset, which trained the shipped model;
+    `PRESETS` below states what the other presets change."""
+
     max_steps: int = _f(4000, "optimizer steps")
     train_tasks: int = _f(30000, "distinct training tasks drawn from the families' train split")
-    batch_size: int = _f(48, "episodes per optimizer step")
+    batch_size: int = _f(48, "episodes per optimizer step, over all processes and micro-batches")
+    grad_accum: int = _f(1, "micro-batches per process per optimizer step (gradient accumulation)")
     lr: float = _f(2e-3, "peak learning rate (AdamW)")
     min_lr: float = _f(1e-4, "learning rate at the end of the cosine decay")
     warmup_steps: int = _f(200, "linear warmup steps")
     weight_decay: float = _f(0.05, "AdamW weight decay on matrices")
     grad_clip: float = _f(1.0, "clip the gradient norm to this (0: off)")
     eval_interval: int = _f(250, "steps between validation-loss evaluations")
-    eval_episodes: int = _f(512, "validation episodes per evaluation")
+    val_tasks: int = _f(0, "tasks of the val split the validation loss is measured on (0: all)")
     seed: int = _f(1337, "seed for data, initialisation and dropout")
     vocab_size: int = _f(1024, "BPE vocabulary size, special tokens included")
     tokenizer_episodes: int = _f(20000, "episodes of text the tokenizer is trained on")
     repair_fraction: float = _f(0.6, "share of training episodes that show failed attempts before the solution")
     feedback_budget: int = _f(32, "feedback tokens kept per failed attempt (stored in the checkpoint)")
-    precision: str = _f("auto", "autocast dtype: bf16, fp32, or auto (bf16 where the hardware has it)",
-                         choices=("auto", "bf16", "fp32"))
-    data_workers: int = _f(2, "sandbox workers that produce the real feedback for repair episodes")
+    precision: str = _f("auto", "autocast dtype: bf16, fp32, or auto (bf16 on CUDA and on CPUs with bf16 units)",
+                        choices=("auto", "bf16", "fp32"))
+    device: str = _f("auto", "where to train: auto (CUDA if there is a GPU), cpu or cuda",
+                     choices=("auto", "cpu", "cuda"))
+    data_workers: int = _f(2, "sandbox workers per machine producing the repair episodes' real feedback, "
+                              "shared among its processes (0: one per CPU core)")
+    save_interval: int = _f(1000, "steps between resumable checkpoints (0: only at the end)")
+    stop_at: int = _f(0, "end this invocation after this step with a resumable checkpoint (0: run to max-steps)")
     out: str = _f("runs/train", "checkpoint folder to write")
 
 
@@ -73,12 +82,49 @@ class LoadGenConfig:
     warmup: int = _f(8, "episodes run before the test, to warm up and to measure throughput for the defaults")
 
 
-# Model sizes. "sketch" is the original sketch's model; "default" is the shipped checkpoint's shape.
-MODEL_PRESETS: dict[str, dict] = {
-    "sketch": {},
-    "smoke": dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=256, retry_conditioning=False),
-    "default": dict(d_model=128, n_heads=4, n_layers=4, max_seq_len=384, retry_conditioning=False),
+@dataclass(frozen=True)
+class Preset:
+    """A whole run: the model's shape and the training settings that differ from `TrainConfig`'s defaults."""
+
+    help: str
+    model: dict
+    train: dict = field(default_factory=dict)
+
+
+PRESETS: dict[str, Preset] = {
+    "default": Preset(
+        "the shipped model (1.0M parameters, ~15M tokens): about 15 min on 2 CPU cores",
+        model=dict(d_model=128, n_heads=4, n_layers=4, max_seq_len=384, retry_conditioning=False),
+    ),
+    "smoke": Preset(
+        "seconds on a CPU, for tests and quick checks",
+        model=dict(d_model=32, n_heads=2, n_layers=1, max_seq_len=256, retry_conditioning=False),
+        train=dict(max_steps=20, train_tasks=300, val_tasks=64, batch_size=16, warmup_steps=5, lr=3e-3,
+                   eval_interval=10, tokenizer_episodes=300, vocab_size=400, data_workers=1, save_interval=0),
+    ),
+    "gpu": Preset(
+        "a 15M-parameter model sized for one GPU (batch 256, ~120M tokens); data prep wants many CPU cores",
+        model=dict(d_model=384, n_heads=6, n_layers=8, max_seq_len=512, retry_conditioning=False),
+        train=dict(max_steps=6000, train_tasks=100000, batch_size=256, lr=1e-3, warmup_steps=300,
+                   eval_interval=500, vocab_size=2048, tokenizer_episodes=50000, data_workers=0),
+    ),
+    "sketch": Preset("the original sketch's model shape (retry conditioning, 256 positions), default training",
+                     model={}),
 }
+# The model shape of each preset (older name, kept for callers that only want the shape).
+MODEL_PRESETS: dict[str, dict] = {name: p.model for name, p in PRESETS.items()}
+
+
+def preset_configs(
+    preset: str, model_overrides: dict | None = None, train_overrides: dict | None = None
+) -> tuple[ModelConfig, TrainConfig]:
+    """A preset's model and training settings; overrides whose value is None are ignored."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of: {', '.join(PRESETS)}")
+    chosen = PRESETS[preset]
+    model = {**chosen.model, **{k: v for k, v in (model_overrides or {}).items() if v is not None}}
+    train = {**chosen.train, **{k: v for k, v in (train_overrides or {}).items() if v is not None}}
+    return ModelConfig(**model), TrainConfig(**train)
 
 
 def _flag_type(tp):

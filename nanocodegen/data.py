@@ -4,12 +4,16 @@ A repair episode shows the task, one or more wrong attempts each followed by the
 message for it, then the right code. Wrong attempts are realistic corruptions of the reference
 solution (and, for underspecified tasks, the other readings); every one is run through the sandboxed
 verifier, its message is what the agent would see, and any that turns out correct is dropped.
+
+Episodes reach training as an endless `EpisodeStream`, grouped into length-sorted global batches by
+`BatchStream` and split over processes and micro-batches by `shard`; both streams' positions are plain
+data, so a resumed run sees exactly the batches an uninterrupted one would have.
 """
 
 from __future__ import annotations
 
-import itertools
 import random
+import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -27,6 +31,10 @@ CANDIDATES_PER_TASK = 4
 # Underspecified tasks are drawn this many times as often, and shown with failures this often: their
 # repair episodes are the ones that can only be solved by reading the failed attempt.
 CONVENTION_WEIGHT, CONVENTION_REPAIR_FRACTION = 3, 0.85
+ADDRESS = re.compile(r"0x[0-9a-fA-F]{4,}")
+
+
+Episode = tuple[list[int], list[int]]  # (input ids, target ids), of equal length
 
 
 @dataclass
@@ -45,11 +53,19 @@ class TokenizedTask:
     distractor_count: int = 0  # the first failures that are other readings of the task
 
 
-def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, progress=None) -> list[TaskData]:
-    """Corrupt each task's solution, run every candidate through the verifier, keep the failures.
+def without_addresses(text: str) -> str:
+    """`text` with object addresses ("<list_reverseiterator object at 0x7f3a...>") as "0x...".
 
-    Distractors (other readings of an underspecified task) come first in each task's list.
-    """
+    Feedback is training data, and training data must follow from the seed alone: a resumed run or
+    a run on several processes reproduces the uninterrupted one only if every verification reads
+    the same. Addresses are the one part of the verifier's messages that changes from run to run."""
+    return ADDRESS.sub("0x...", text)
+
+
+def candidate_jobs(tasks: list[Task], seed: int) -> list[tuple[int, str]]:
+    """(task index, code) for every wrong-attempt candidate: each task's other readings (distractors)
+    first, then corruptions of its solution. Deterministic in `seed`, so every rank of a
+    multi-process run draws the same list and can verify its own share of it."""
     rng = random.Random(seed)
     jobs: list[tuple[int, str]] = []
     for i, task in enumerate(tasks):
@@ -58,19 +74,41 @@ def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, 
             if c.code not in candidates:
                 candidates.append(c.code)
         jobs.extend((i, code) for code in candidates)
+    return jobs
 
-    def check(job: tuple[int, str]):
+
+def check_jobs(
+    jobs: list[tuple[int, str]], tasks: list[Task], verifier, workers: int = 2, progress=None
+) -> list[str | None]:
+    """Run each candidate through the verifier: its feedback text, or None where it is correct after all."""
+
+    def check(job: tuple[int, str]) -> str | None:
         i, code = job
-        return i, code, verifier.verify(code, tasks[i].expected)
+        verdict = verifier.verify(code, tasks[i].expected)
+        return None if verdict.outcome is Outcome.CORRECT else without_addresses(format_feedback(verdict))
 
-    out = [TaskData(task) for task in tasks]
+    out = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for i, code, verdict in pool.map(check, jobs, chunksize=16):
-            if verdict.outcome is not Outcome.CORRECT:
-                out[i].failures.append((code, format_feedback(verdict)))
+        for feedback in pool.map(check, jobs, chunksize=16):
+            out.append(feedback)
             if progress is not None:
                 progress(1)
     return out
+
+
+def collect_failures(tasks: list[Task], jobs: list[tuple[int, str]], feedback: list[str | None]) -> list[TaskData]:
+    """Each task with its failed candidates, in candidate order (distractors first)."""
+    out = [TaskData(task) for task in tasks]
+    for (i, code), text in zip(jobs, feedback, strict=True):
+        if text is not None:
+            out[i].failures.append((code, text))
+    return out
+
+
+def verify_candidates(tasks: list[Task], verifier, seed: int, workers: int = 2, progress=None) -> list[TaskData]:
+    """Corrupt each task's solution, run every candidate through the verifier, keep the failures."""
+    jobs = candidate_jobs(tasks, seed)
+    return collect_failures(tasks, jobs, check_jobs(jobs, tasks, verifier, workers, progress))
 
 
 def episode_text(task: Task, failures: list[tuple[str, str]]) -> str:
@@ -104,7 +142,7 @@ def tokenize_tasks(data: list[TaskData], tok: CodeTokenizer, feedback_budget: in
     return out
 
 
-def assemble(t: TokenizedTask, failures: list[int]) -> tuple[list[int], list[int]]:
+def assemble(t: TokenizedTask, failures: list[int]) -> Episode:
     """(inputs, targets) of one episode showing the given failures (indices into t.failures).
 
     Only the solution's tokens (and its <|end|>) carry loss. Must equal `prompt.training_example`
@@ -145,7 +183,7 @@ def sample_failures(t: TokenizedTask, rng: random.Random, repair_fraction: float
     return others[: rng.choices(FAILURE_COUNTS, FAILURE_WEIGHTS)[0]]
 
 
-def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[int], list[int]]:
+def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> Episode:
     """The episode with as many of the chosen failures as fit in `max_len` positions."""
     while True:
         inputs, targets = assemble(t, failures)
@@ -154,20 +192,41 @@ def fitted(t: TokenizedTask, failures: list[int], max_len: int) -> tuple[list[in
         failures = failures[:-1]
 
 
-def episode_stream(
-    tasks: list[TokenizedTask], seed: int, repair_fraction: float, max_len: int
-) -> Iterator[tuple[list[int], list[int]]]:
-    """Endless shuffled episodes: each pass over the tasks draws fresh failure combinations."""
-    rng = random.Random(seed)
-    weighted = [i for i, t in enumerate(tasks) for _ in range(CONVENTION_WEIGHT if t.distractor_count else 1)]
-    for _epoch in itertools.count():
-        order = list(weighted)
-        rng.shuffle(order)
-        for i in order:
-            yield fitted(tasks[i], sample_failures(tasks[i], rng, repair_fraction), max_len)
+class EpisodeStream:
+    """Endless shuffled episodes: each pass over the tasks (underspecified ones CONVENTION_WEIGHT times)
+    draws fresh failure combinations. Its position is plain data (`state_dict`), so a resumed run
+    continues with exactly the episodes an uninterrupted one would have seen."""
+
+    def __init__(self, tasks: list[TokenizedTask], seed: int, repair_fraction: float, max_len: int):
+        self.tasks, self.repair_fraction, self.max_len = tasks, repair_fraction, max_len
+        self.weighted = [i for i, t in enumerate(tasks) for _ in range(CONVENTION_WEIGHT if t.distractor_count else 1)]
+        self.rng = random.Random(seed)
+        self.order: list[int] = []  # this pass's task order
+        self.pos = 0  # episodes of this pass already drawn
+
+    def __iter__(self) -> Iterator[Episode]:
+        return self
+
+    def __next__(self) -> Episode:
+        if self.pos == len(self.order):  # a new pass; the shuffle and the failure draws share one rng
+            self.order = list(self.weighted)
+            self.rng.shuffle(self.order)
+            self.pos = 0
+        i = self.order[self.pos]
+        self.pos += 1
+        return fitted(self.tasks[i], sample_failures(self.tasks[i], self.rng, self.repair_fraction), self.max_len)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "order": list(self.order), "pos": self.pos}
+
+    def load_state_dict(self, state: dict) -> None:
+        if any(i >= len(self.tasks) for i in state["order"]):
+            raise ValueError("the saved episode order names tasks this data does not have; the data differ")
+        self.rng.setstate(state["rng"])
+        self.order, self.pos = list(state["order"]), state["pos"]
 
 
-def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[tuple[list[int], list[int]]]:
+def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> list[Episode]:
     """Validation episodes: every task once directly and once with one failure (if it has one)."""
     rng = random.Random(seed)
     out = []
@@ -176,3 +235,41 @@ def fixed_episodes(tasks: Iterable[TokenizedTask], seed: int, max_len: int) -> l
         if t.failures:
             out.append(fitted(t, [rng.randrange(len(t.failures))], max_len))
     return out
+
+
+class BatchStream:
+    """Endless global batches of `batch_size` episodes. Episodes are grouped by length within windows
+    of `bucket` batches so little compute goes to padding (each batch comes out sorted by length); the
+    batch order within a window is shuffled. Its position is plain data (`state_dict`)."""
+
+    def __init__(self, episodes: EpisodeStream, batch_size: int, seed: int, bucket: int = 16):
+        self.episodes, self.batch_size, self.bucket = episodes, batch_size, bucket
+        self.rng = random.Random(seed)
+        self.pending: list[list[Episode]] = []  # the current window's batches not yet handed out
+
+    def __iter__(self) -> Iterator[list[Episode]]:
+        return self
+
+    def __next__(self) -> list[Episode]:
+        if not self.pending:
+            window = [next(self.episodes) for _ in range(self.batch_size * self.bucket)]
+            window.sort(key=lambda e: len(e[0]))
+            self.pending = [window[i : i + self.batch_size] for i in range(0, len(window), self.batch_size)]
+            self.rng.shuffle(self.pending)
+        return self.pending.pop(0)
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.getstate(), "pending": list(self.pending), "episodes": self.episodes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.setstate(state["rng"])
+        self.pending = list(state["pending"])
+        self.episodes.load_state_dict(state["episodes"])
+
+
+def shard(batch: list[Episode], rank: int, world_size: int, grad_accum: int) -> list[list[Episode]]:
+    """This rank's micro-batches of a global batch: episodes rank, rank + W, ... (the batch is sorted by
+    length, so each rank gets a like share of tokens), cut into `grad_accum` runs of similar length."""
+    mine = batch[rank::world_size]
+    n = len(mine)
+    return [mine[k * n // grad_accum : (k + 1) * n // grad_accum] for k in range(grad_accum)]
