@@ -1,13 +1,20 @@
-"""What runs inside a sandbox child: set-up, the program, its report; and the outcome vocabulary.
+"""What runs inside a sandbox child: set-up, the job (lint, compile, run, tests), its report; the outcomes.
 
 The sandbox server (sandbox_server.py) forks a child per program; the child runs `child_main` and never
 returns. Standard library only, like the server. The feedback texts built here and in the server are
 shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
+
+A job (marshal, on the go pipe) is {"code": str, "policy": "task" | "tests" | "" (no lint),
+"check_only": bool (parse, lint and compile, do not run), "test": str | None, "entry_point": str}.
+With a test, the program is run, then the test code in the same namespace, then
+`check(<entry_point>)`, as HumanEval's harness does.
 """
 
 from __future__ import annotations
 
+import _ast
 import builtins
+import marshal
 import os
 import resource
 import struct
@@ -15,9 +22,12 @@ import sys
 import time
 
 if __package__:  # nanocodegen.sandbox_child, imported by the client side for the texts and statuses
-    from nanocodegen import sandbox_os
+    from nanocodegen import sandbox_lint, sandbox_os
+    from nanocodegen.sandbox_lint import with_line
 else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_lint
     import sandbox_os
+    from sandbox_lint import with_line
 
 # Statuses a run can end in. Apart from OK ("ran to the end; the verifier judges the output") these are the
 # string values of nanocodegen.records.Outcome (not imported: the server must not import the package).
@@ -28,8 +38,21 @@ TIMEOUT = "timeout"
 MEMORY_LIMIT = "memory_limit"
 OUTPUT_LIMIT = "output_limit"
 CRASHED = "crashed"
+UNSAFE = "unsafe"  # the lint refused the program; it did not run
+WRONG_OUTPUT = "wrong_output"  # a test's assertion failed (runs with tests only)
+
+# What a program may import. The child can read no file outside its private directory, so these are
+# imported by the server before it forks (sandbox_server.preload), and the child's import system finds
+# nothing else. Chosen for HumanEval (typing, math, re, hashlib, random, copy, collections, string) and
+# everyday algorithmic code.
+AVAILABLE_MODULES = frozenset(
+    {"bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
+     "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing"}
+)  # fmt: skip
+HELPER_MODULES = ("_strptime",)  # imported on first use by datetime.strptime: preloaded with the above
 
 FILENAME = "<code>"  # the program's compile() filename: tracebacks name no host path
+TEST_FILENAME = "<test>"  # the test code's
 MAX_ERROR_CHARS = 200  # exception messages are cut to this, so feedback stays short
 EXIT_SETUP_FAILED = 70
 MAX_TIMEOUT_MS = 600_000  # the largest time limit a request may ask for
@@ -57,21 +80,22 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def with_line(text: str, line: int | None) -> str:
-    return f"{text} (line {line})" if line else text
-
-
 def syntax_error_text(e: BaseException) -> str:
     """Text for anything compile()/ast.parse() raise: SyntaxError (and Indentation/TabError), ValueError
-    for NUL bytes on some 3.11 releases, RecursionError/MemoryError for too deeply nested code."""
+    for NUL bytes on some 3.11 releases, UnicodeError for lone surrogates, RecursionError/MemoryError for
+    too deeply nested or too large code, anything else as "Type: message"."""
+    if isinstance(e, UnicodeError):
+        return "the program is not valid UTF-8"
     if isinstance(e, SyntaxError):
         if "null bytes" in str(e.msg):
             return "source code cannot contain null bytes"
         return with_line(_one_line(str(e.msg or "invalid syntax")), e.lineno)
     if isinstance(e, ValueError) and "null bytes" in str(e):
         return "source code cannot contain null bytes"
-    if isinstance(e, RecursionError | MemoryError):
+    if isinstance(e, RecursionError):
         return "the program is too deeply nested to compile"
+    if isinstance(e, MemoryError):
+        return "the program is too large or too deeply nested to compile"
     return _one_line(f"{type(e).__name__}: {e}")
 
 
@@ -92,14 +116,25 @@ def scrub(text: str, run_dir: str) -> str:
     return "0x".join(parts)
 
 
-def user_line(tb) -> int | None:
-    """Line of the innermost traceback frame that is the program's own code."""
+def user_line(tb, filename: str = FILENAME) -> int | None:
+    """Line of the innermost traceback frame that is the program's own code (or `filename`'s)."""
     line = None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == FILENAME:
+        if tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+def innermost_source(tb) -> str:
+    """FILENAME or TEST_FILENAME, whichever the innermost frame of either belongs to; "" if neither."""
+    found = ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name in (FILENAME, TEST_FILENAME):
+            found = name
+        tb = tb.tb_next
+    return found
 
 
 def exception_text(e: BaseException, run_dir: str) -> str:
@@ -111,6 +146,9 @@ def exception_text(e: BaseException, run_dir: str) -> str:
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 3] + "..."
     text = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    if innermost_source(e.__traceback__) == TEST_FILENAME:  # raised by the tests, not the program
+        line = user_line(e.__traceback__, TEST_FILENAME)
+        return f"{text} (test line {line})"
     return with_line(text, user_line(e.__traceback__))
 
 
@@ -134,9 +172,9 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
             raise
         os.close(READY_FD)
         (n,) = LEN.unpack(sandbox_os.read_exact(GO_FD, LEN.size))
-        code = sandbox_os.read_exact(GO_FD, n).decode("utf-8", "surrogatepass")
+        job = marshal.loads(sandbox_os.read_exact(GO_FD, n))
         os.close(GO_FD)
-        _run_program(code, run_dir, limits)
+        _run_job(job, run_dir, limits)
     finally:
         os._exit(EXIT_SETUP_FAILED)
 
@@ -160,6 +198,10 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
     os.closerange(3, RULESET_FD)
     os.closerange(RESULT_FD + 1, sandbox_os.MAX_FD)
     os.chdir(run_dir)  # also HOME and TMPDIR, which the server's environment sets to "."
+    # Imports: only what is already loaded (the server preloaded AVAILABLE_MODULES), builtin or frozen.
+    # Without the path finder no import looks at a file, so a missing module is a plain
+    # ModuleNotFoundError whether or not this kernel confines reads.
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "PathFinder"]
     # Hard limits: once lowered, the program cannot raise them again. RLIMIT_CPU waits for the request
     # (the server lowers it to fit the time limit then), since raising a hard limit takes privilege.
     resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_S, MAX_CPU_S))
@@ -169,26 +211,34 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads
     if ruleset >= 0:
         sandbox_os.landlock_enforce(RULESET_FD)
-    sandbox_os.forbid_new_processes()
-    # Last: anything above may allocate.
+    # After everything above that may allocate, before the filter (which refuses setrlimit).
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
+    sandbox_os.forbid_syscalls()
 
 
-def _run_program(code: str, run_dir: str, limits: dict) -> None:
-    """Run the program as a module body, write one result frame to RESULT_FD, exit. Never returns."""
+def _run_job(job: dict, run_dir: str, limits: dict) -> None:
+    """Check and run the job, write one result frame to RESULT_FD, exit. Never returns."""
     # Bound before the program runs: it may rebind sys.stdout or module attributes, not these locals.
     write, exit_, clock, usage, streams = os.write, os._exit, time.perf_counter, resource.getrusage, (
         sys.stdout, sys.stderr)  # fmt: skip
-    start, before = clock(), usage(resource.RUSAGE_SELF)
-    status, text, flags = _execute(code, run_dir, limits)
-    for stream in streams:
-        try:
-            stream.flush()
-        except BaseException:  # past the output cap (the server sees the size) or closed by the program
-            pass
-    wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
-    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
-    body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{after.ru_maxrss}\n".encode()
+    refused, compiled = _prepare(job)
+    cpu_ms = wall_ms = 0.0  # the program's own time: zero if it never ran
+    if refused is not None:
+        status, text, flags = refused
+    elif job["check_only"]:
+        status, text, flags = OK, "", ""
+    else:
+        start, before = clock(), usage(resource.RUSAGE_SELF)
+        status, text, flags = _execute(*compiled, job["entry_point"], run_dir, limits)
+        for stream in streams:
+            try:
+                stream.flush()
+            except BaseException:  # past the output cap (the server sees the size) or closed by the program
+                pass
+        wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
+        cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    rss_kib = usage(resource.RUSAGE_SELF).ru_maxrss
+    body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{rss_kib}\n".encode()
     body += text.encode("utf-8", "surrogatepass")
     data = RESULT_MAGIC + LEN.pack(len(body)) + body
     while data:
@@ -196,21 +246,52 @@ def _run_program(code: str, run_dir: str, limits: dict) -> None:
     exit_(0)
 
 
-def _execute(code: str, run_dir: str, limits: dict) -> tuple[str, str, str]:
-    """(status, output or error text, flags); flags: "r" = a global `result` exists, "t" = output cut."""
+def _prepare(job: dict):
+    """((status, text, flags), None) if the job is refused before running, else (None, (program, test)):
+    the code objects of the program and of the test code (None without tests)."""
+    code, policy = job["code"], job["policy"]
     try:
-        program = compile(code, FILENAME, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        return SYNTAX_ERROR, syntax_error_text(e), ""
+        if policy:
+            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
+            if violation:
+                return (UNSAFE, violation, ""), None
+            program = compile(tree, FILENAME, "exec", dont_inherit=True)
+        else:
+            program = compile(code, FILENAME, "exec", dont_inherit=True)
+    except Exception as e:  # SyntaxError, and whatever else a parser or compiler bomb makes it raise
+        return (SYNTAX_ERROR, syntax_error_text(e), ""), None
+    if job["test"] is None:
+        return None, (program, None)
+    try:
+        test = compile(job["test"], TEST_FILENAME, "exec", dont_inherit=True)
+    except Exception as e:
+        return (RUNTIME_ERROR, "the test code does not compile: " + syntax_error_text(e), ""), None
+    return None, (program, test)
+
+
+def _execute(program, test, entry_point: str, run_dir: str, limits: dict) -> tuple[str, str, str]:
+    """(status, output or error text, flags); flags: "r" = a global `result` exists, "t" = output cut."""
     # Real builtins and a fresh module namespace: isolation is the OS's job, not a restricted dict's.
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     memory_line = 0
     try:
         exec(program, namespace)
-        has_result = "result" in namespace
-        output = str(namespace["result"]) if has_result else "None"
+        if test is None:
+            has_result = "result" in namespace
+            output = str(namespace["result"]) if has_result else "None"
+        else:
+            exec(test, namespace)
+            if entry_point not in namespace:
+                return RUNTIME_ERROR, f"the program defines no {entry_point}", ""
+            namespace["check"](namespace[entry_point])
+            has_result, output = False, ""
     except MemoryError as e:
         memory_line = user_line(e.__traceback__) or -1
+    except AssertionError as e:
+        if test is None or innermost_source(e.__traceback__) != TEST_FILENAME:
+            return RUNTIME_ERROR, exception_text(e, run_dir), ""
+        return WRONG_OUTPUT, f"failed the test on line {user_line(e.__traceback__, TEST_FILENAME)}", ""
     except BaseException as e:  # SystemExit and KeyboardInterrupt too: the program raised them, report them
         return RUNTIME_ERROR, exception_text(e, run_dir), ""
     if memory_line:
