@@ -108,8 +108,12 @@ def run_bench(
     out: str | None = None,
     device: str = "auto",
     console: Console | None = None,
+    allow_weak_isolation: bool = False,
 ) -> dict:
-    """Run every task through the agent; returns the results dict also written to OUT/results.json."""
+    """Run every task through the agent; returns the results dict also written to OUT/results.json.
+
+    The sandbox refuses to start where a layer is missing unless `allow_weak_isolation`; either way,
+    the layers in force go into the provenance."""
     from nanocodegen.verifier import CodeVerifier
 
     console = console or Console(stderr=True)
@@ -140,7 +144,9 @@ def run_bench(
         results["summary"]["peak_rss_bytes"] = peak_rss_bytes()
         write_json(out_dir / RESULTS_FILE, results)
 
-    with CodeVerifier(workers=1) as verifier, progress_bar(console) as bar:
+    with CodeVerifier(workers=1, allow_weak_isolation=allow_weak_isolation) as verifier, progress_bar(console) as bar:
+        verifier.sandbox.require_isolation()  # now, not at the first attempt
+        results["provenance"]["sandbox"] = verifier.isolation
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
         job = bar.add_task("bench", total=len(tasks), info="")
         solved = 0

@@ -342,7 +342,7 @@ class Sandbox:
         try:
             for _attempt in range(2):
                 try:
-                    self._require_isolation(server.ensure_ready()["features"])
+                    self.require_isolation(server.ensure_ready()["features"])
                     reply = server.call(request, timeout_ms / 1000 + REPLY_GRACE_S)
                     return RunResult(**reply)
                 except _ServerDied:
@@ -355,8 +355,10 @@ class Sandbox:
         finally:
             self._idle.put(server)
 
-    def _require_isolation(self, features: dict) -> None:
-        missing = missing_layers(features)
+    def require_isolation(self, features: dict | None = None) -> None:
+        """Raise SandboxError if a layer of REQUIRED_LAYERS is missing and weak isolation was not allowed
+        (every run checks this; call it to fail before a long job starts)."""
+        missing = missing_layers(self.features if features is None else features)
         if missing and not self.allow_weak_isolation:
             what = "; ".join(f"{name}: {REQUIRED_LAYERS[name]}" for name in missing)
             raise SandboxError(
