@@ -94,15 +94,17 @@ from __future__ import annotations
 import marshal
 import os
 import queue
+import re
 import shutil
 import socket
 import subprocess
 import sys
 import tempfile
+import warnings
 import weakref
 from dataclasses import asdict, dataclass
 
-from nanocodegen.sandbox_child import CRASHED, MAX_TIMEOUT_MS, OK
+from nanocodegen.sandbox_child import CRASHED, MAX_TIMEOUT_MS, OK, TEST_FILENAME
 from nanocodegen.sandbox_lint import POLICIES
 from nanocodegen.sandbox_os import HEADER, LAYER_SWITCHES, REQUIRED_LAYERS, encode_msg, missing_layers
 
@@ -112,6 +114,9 @@ __all__ = ["OK", "Limits", "RunResult", "Sandbox", "SandboxError"]
 _SERVER_SCRIPT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "sandbox_server.py")
 START_TIMEOUT_S = 30.0  # a server that has not said hello by then is not coming up
 REPLY_GRACE_S = 10.0  # on top of the program's time limit, before a silent server counts as hung
+TEST_CACHE_SIZE = 1024  # compiled test codes kept per Sandbox (HumanEval has 164)
+# Test code is compiled here (see run_tests); its dubious literals are the suite's business, not the log's.
+warnings.filterwarnings("ignore", module=re.escape(TEST_FILENAME))
 
 
 @dataclass(frozen=True)
@@ -298,6 +303,7 @@ class Sandbox:
         self._servers = [_Server(self.limits, tuple(disable_layers)) for _ in range(workers)]
         self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
         self._closed = False
+        self._tests: dict[str, bytes] = {}  # test code -> its marshalled code object
         # Runs at close() or garbage collection or interpreter exit, whichever is first; holds no ref to self.
         self._finalizer = weakref.finalize(self, _stop_all, self._servers)
         for server in self._servers:
@@ -315,12 +321,28 @@ class Sandbox:
 
     def run_tests(self, code: str, test: str, entry_point: str, timeout_ms: int = 3000, policy: str = ""):
         """Run `code`, then `test` (HumanEval's `def check(candidate): ...`) in the same namespace, then
-        `check(<entry_point>)`: status OK iff every test passed."""
-        if not isinstance(test, str) or not isinstance(entry_point, str) or not entry_point.isidentifier():
-            raise ValueError(f"test must be a str and entry_point an identifier, got {entry_point!r}")
-        if len(test) > self.limits.code_chars:
-            raise ValueError(f"test is {len(test)} characters; Limits.code_chars is {self.limits.code_chars}")
-        return self._call(code, timeout_ms, policy, test=test, entry_point=entry_point)
+        `check(<entry_point>)`: status OK iff every test passed.
+
+        The test code is trusted (it comes with the suite, not from the model): it is compiled here, once
+        per distinct text, and travels to the child as a code object. A test that does not compile is
+        the caller's error (ValueError)."""
+        if not isinstance(entry_point, str) or not entry_point.isidentifier():
+            raise ValueError(f"entry_point must be an identifier, got {entry_point!r}")
+        return self._call(code, timeout_ms, policy, test=self._compiled_test(test), entry_point=entry_point)
+
+    def _compiled_test(self, test: str) -> bytes:
+        compiled = self._tests.get(test)
+        if compiled is None:
+            if not isinstance(test, str):
+                raise TypeError(f"test must be a str, got {type(test).__name__}")
+            try:
+                compiled = marshal.dumps(compile(test, TEST_FILENAME, "exec", dont_inherit=True))
+            except (SyntaxError, ValueError) as e:
+                raise ValueError(f"the test code does not compile: {e}") from None
+            if len(self._tests) >= TEST_CACHE_SIZE:
+                self._tests.clear()
+            self._tests[test] = compiled
+        return compiled
 
     def check(self, code: str, policy: str = "") -> RunResult:
         """Parse, lint (with `policy`) and compile `code` in a child without running it: OK, syntax_error

@@ -5,7 +5,8 @@ returns. Standard library only, like the server. The feedback texts built here a
 shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
 
 A job (marshal, on the go pipe) is {"code": str, "policy": "task" | "tests" | "" (no lint),
-"check_only": bool (parse, lint and compile, do not run), "test": str | None, "entry_point": str}.
+"check_only": bool (parse, lint and compile, do not run), "test": the marshalled code object of the
+test code, compiled by the client, or None, "entry_point": str}.
 With a test, the program is run, then the test code in the same namespace, then
 `check(<entry_point>)`, as HumanEval's harness does.
 """
@@ -218,9 +219,10 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
 
 def _run_job(job: dict, run_dir: str, limits: dict) -> None:
     """Check and run the job, write one result frame to RESULT_FD, exit. Never returns."""
-    # Bound before the program runs: it may rebind sys.stdout or module attributes, not these locals.
-    write, exit_, clock, usage, streams = os.write, os._exit, time.perf_counter, resource.getrusage, (
-        sys.stdout, sys.stderr)  # fmt: skip
+    # Bound before the program runs: it may rebind sys.stdout, module attributes or a stream's `flush`, not
+    # these locals or the methods of the stream's (built-in, immutable) type.
+    write, exit_, clock, usage = os.write, os._exit, time.perf_counter, resource.getrusage
+    flushes = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
     refused, compiled = _prepare(job)
     cpu_ms = wall_ms = 0.0  # the program's own time: zero if it never ran
     if refused is not None:
@@ -230,9 +232,9 @@ def _run_job(job: dict, run_dir: str, limits: dict) -> None:
     else:
         start, before = clock(), usage(resource.RUSAGE_SELF)
         status, text, flags = _execute(*compiled, job["entry_point"], run_dir, limits)
-        for stream in streams:
+        for flush, stream in flushes:
             try:
-                stream.flush()
+                flush(stream)
             except BaseException:  # past the output cap (the server sees the size) or closed by the program
                 pass
         wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
@@ -256,18 +258,13 @@ def _prepare(job: dict):
             violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
             if violation:
                 return (UNSAFE, violation, ""), None
-            program = compile(tree, FILENAME, "exec", dont_inherit=True)
-        else:
-            program = compile(code, FILENAME, "exec", dont_inherit=True)
+            del tree
+        # From the source again, not from the tree: converting a tree back costs more than parsing anew.
+        program = compile(code, FILENAME, "exec", dont_inherit=True)
     except Exception as e:  # SyntaxError, and whatever else a parser or compiler bomb makes it raise
         return (SYNTAX_ERROR, syntax_error_text(e), ""), None
-    if job["test"] is None:
-        return None, (program, None)
-    try:
-        test = compile(job["test"], TEST_FILENAME, "exec", dont_inherit=True)
-    except Exception as e:
-        return (RUNTIME_ERROR, "the test code does not compile: " + syntax_error_text(e), ""), None
-    return None, (program, test)
+    # The test code came compiled (the client compiles trusted test code once per text).
+    return None, (program, None if job["test"] is None else marshal.loads(job["test"]))
 
 
 def _execute(program, test, entry_point: str, run_dir: str, limits: dict) -> tuple[str, str, str]:

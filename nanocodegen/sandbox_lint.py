@@ -64,37 +64,57 @@ def check(source: str, tree: _ast.Module, policy: str, modules: frozenset[str]) 
     stack: list = [tree]
     while stack:  # iterative: a deep tree cannot overflow the stack here
         node = stack.pop()
+        kind = type(node)
         text = ""
-        if isinstance(node, _ast.Import | _ast.ImportFrom):
-            text = _import_violation(node, policy, modules)
-        elif isinstance(node, _ast.Name):
+        if kind is _ast.Name:
             if node.id in forbidden_names:
                 text = f"{node.id}() is not allowed"
             # `__name__` reads, and dunder assignments in class bodies (__slots__, __hash__ = None), are
             # fine; reads of __builtins__, __loader__, __spec__, __class__ ... are escapes.
-            elif is_dunder(node.id) and node.id != "__name__" and not isinstance(node.ctx, _ast.Store):
+            elif is_dunder(node.id) and node.id != "__name__" and type(node.ctx) is not _ast.Store:
                 text = f"name {node.id} is not allowed"
             elif node.id == "__builtins__":
                 text = "name __builtins__ is not allowed"
-        elif isinstance(node, _ast.Attribute):
+        elif kind is _ast.Attribute:
             text = _attribute_violation(node.attr)
-        elif isinstance(node, _ast.MatchClass):  # `case C(__class__=x)` reads attributes too
+        elif kind is _ast.Constant:
+            if type(node.value) is str and "{" in node.value:
+                text = _format_violation(node.value)
+        elif kind is _ast.Import or kind is _ast.ImportFrom:
+            text = _import_violation(node, policy, modules)
+        elif kind is _ast.MatchClass:  # `case C(__class__=x)` reads attributes too
             text = next(filter(None, map(_attribute_violation, node.kwd_attrs)), "")
-        elif isinstance(node, _ast.Constant) and isinstance(node.value, str) and "{" in node.value:
-            text = _format_violation(node.value)
         if text:
             # By where it starts, then where it ends: in `().__class__.__base__` every attribute node
             # starts at the `(`, and the first one a reader meets is the one that ends first.
             line = getattr(node, "lineno", 0)
             end = (getattr(node, "end_lineno", 0) or 0, getattr(node, "end_col_offset", 0) or 0)
             found.append((line, getattr(node, "col_offset", 0), end, with_line(text, line)))
-        for name in node._fields:
+        if kind is _ast.Name or kind is _ast.Constant:
+            continue
+        fields = _CHILD_FIELDS.get(kind)
+        if fields is None:
+            fields = _CHILD_FIELDS[kind] = _child_fields(node)
+        for name in fields:
             value = getattr(node, name, None)
-            if isinstance(value, list):
-                stack.extend(v for v in value if isinstance(v, _ast.AST))
-            elif isinstance(value, _ast.AST):
+            if type(value) is list:
+                if value and type(value[0]) is not str:  # Global/Nonlocal names are strings
+                    stack.extend(v for v in value if v is not None)  # Dict keys hold None for **d
+            elif value is not None:
                 stack.append(value)
     return min(found)[3] if found else ""
+
+
+# Per node type, the fields that can hold nodes: not the expression context, and not the ones that hold
+# identifiers, numbers or strings (a field holds one kind of value in every node of its type).
+_CHILD_FIELDS: dict[type, tuple[str, ...]] = {}
+_SCALARS = (str, int, float, complex, bytes)
+
+
+def _child_fields(node) -> tuple[str, ...]:
+    return tuple(
+        name for name in node._fields if name != "ctx" and not isinstance(getattr(node, name, None), _SCALARS)
+    )
 
 
 def _import_violation(node, policy: str, modules: frozenset[str]) -> str:

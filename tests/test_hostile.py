@@ -307,9 +307,9 @@ def gone(pid: int, seconds: float = 3.0) -> bool:
     ids=short,
 )
 def test_finalizers_and_atexit_hooks_die_with_the_run(box, host, code):
-    t0 = time.perf_counter()
-    r = attack(box, host, code + "\nimport os\nresult = os.getpid()", timeout_ms=2000)
-    assert r.ok and time.perf_counter() - t0 < 1.5, (r.status, r.error)
+    # Each hook would run forever: a report in time (OK, not a timeout) means none of them ran.
+    r = attack(box, host, code + "\nimport os\nresult = os.getpid()", timeout_ms=3000)
+    assert r.ok, (r.status, r.error)
     assert gone(int(r.output)), "the run's process outlived its report"
 
 

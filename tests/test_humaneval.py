@@ -83,3 +83,10 @@ def test_check_solutions_refuses_tasks_without_solutions():
     task.solution = ""
     with pytest.raises(ValueError, match="without a reference solution"):
         check_solutions([task])
+
+
+def test_test_code_that_does_not_compile_is_the_callers_error(verifier):
+    with pytest.raises(ValueError, match="the test code does not compile"):
+        verifier.run_tests("def f(x):\n    return x\n", "def check(c)\n    pass\n", "f")
+    with pytest.raises(ValueError, match="entry_point"):
+        verifier.run_tests("def f(x):\n    return x\n", TEST, "f(1)")
