@@ -50,7 +50,8 @@ AVAILABLE_MODULES = frozenset(
     {"bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
      "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing"}
 )  # fmt: skip
-HELPER_MODULES = ("_strptime",)  # imported on first use by datetime.strptime: preloaded with the above
+# Preloaded with the above: imported on first use by datetime.strptime, or a common spelling.
+HELPER_MODULES = ("_strptime", "collections.abc")
 
 FILENAME = "<code>"  # the program's compile() filename: tracebacks name no host path
 TEST_FILENAME = "<test>"  # the test code's

@@ -127,7 +127,7 @@ def _import_violation(node, policy: str, modules: frozenset[str]) -> str:
     else:
         names = [alias.name for alias in node.names]
     for name in names:
-        if name not in modules:
+        if name.partition(".")[0] not in modules:  # a submodule of an available package is available
             return f"module {name} is not available"
     return ""
 

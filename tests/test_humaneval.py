@@ -70,6 +70,13 @@ def test_the_tests_policy_allows_what_humaneval_needs(verifier):
     assert verifier.run_tests(code, TEST, "f") == (True, "passed")
     assert verifier.verify_tests(code, TEST, "f").outcome is Outcome.CORRECT
     assert verifier.verify("result = eval('1')", "1").outcome is Outcome.UNSAFE  # the task policy does not
+    code = (
+        "from collections.abc import Iterable\nfrom datetime import datetime\n"
+        "def f(x):\n    return x + datetime.strptime('2001', '%Y').year - 2000 + 0 * isinstance(x, Iterable)\n"
+    )
+    assert verifier.run_tests(code, TEST, "f") == (True, "passed")
+    assert verifier.run_tests("import json.tool\ndef f(x):\n    return x + 1\n", TEST, "f") == (
+        False, "ModuleNotFoundError: No module named 'json.tool' (line 1)")  # fmt: skip
 
 
 def test_verify_task_dispatches_on_the_kind_of_task(verifier):
