@@ -11,10 +11,12 @@ interpreter (`python -S -s -P`, a fixed environment, PYTHONHASHSEED=0, TZ=UTC) t
 stdlib modules and never torch, so forking it is cheap and safe however many threads the caller has. A
 child is forked and set up before its request arrives (the next one is forked while the current program
 runs, or after the reply when the caller leaves a gap), so neither fork, set-up nor exit counts against
-the time limit or sits on a check's critical path. The child checks the program (layer 1), compiles it
-and runs it as a module body with the real builtins and a fresh globals dict; `str(result)` (or "None"
-when no global `result` exists) is the output. With tests, the test code runs next in the same namespace
-and then `check(entry_point)`, as HumanEval's harness does.
+the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also
+warms up the job's path during its set-up (sandbox_child.warm_up). The child checks the program (layer
+1), compiles it and runs it as a module body with the real builtins and a fresh globals dict;
+`str(result)` (or "None" when no global `result` exists) is the output. With tests, the test code
+(trusted: it comes with the suite, and is compiled once by the client) runs next in the same namespace,
+then `check(entry_point)`, as HumanEval's harness does.
 
 The layers, each with what it stops and what it does not:
 
@@ -31,10 +33,12 @@ The layers, each with what it stops and what it does not:
      host files, task files or /proc entries of other processes. ABI >= 4: no TCP; ABI >= 6: no signals
      to processes outside the run. Imports work because the server loaded the allowed modules before
      forking (sandbox_child.AVAILABLE_MODULES); the child's import system finds nothing else.
-   - A seccomp allowlist (sandbox_seccomp.py; x86_64 and aarch64): the system calls a Python program
-     needs and nothing else. No fork, clone, threads or exec; no sockets of any kind; no kill, tgkill,
-     pidfd or ptrace, so no signalling or tracing of any process; no setrlimit or prctl; nothing through
-     a foreign syscall ABI. Calls that could name another process work for the caller's own pid only.
+   - A seccomp allowlist (sandbox_seccomp.py; x86_64 and aarch64) in two stages, the server's and each
+     child's: the system calls a Python program needs and nothing else. No fork, clone, threads or
+     exec; no sockets of any kind; no kill, tgkill, pidfd or ptrace, so no signalling or tracing of any
+     process; no setrlimit, prctl, chmod or utimes; nothing through a foreign syscall ABI. Calls that
+     could name another process work for the caller's own pid only. The server itself cannot exec or
+     open sockets either.
    - Limits: a wall-clock SIGKILL from the server, which the program cannot catch, block or delay;
      RLIMIT_CPU as a backstop; RLIMIT_AS (memory); RLIMIT_FSIZE (caps stdout, stderr and files alike);
      RLIMIT_NOFILE; no core dumps; stdin is /dev/null; its own process group, killed when the run ends;
