@@ -141,9 +141,12 @@ def _attribute_violation(attr: str) -> str:
 def _format_violation(text: str) -> str:
     """A refused attribute (or dunder index) in a replacement field of a would-be format string:
     "{0.__class__}", "{x.gi_frame.f_back}", "{0[__builtins__]}". Fields are read up to `}`, `!` or `:`;
-    nested fields in a format spec start with their own `{` and are read in turn."""
+    nested fields in a format spec start with their own `{` and are read in turn; `{{` is no field."""
     start = text.find("{")
     while start >= 0:
+        if text.startswith("{{", start):  # an escaped brace, not a field
+            start = text.find("{", start + 2)
+            continue
         end = start + 1
         while end < len(text) and text[end] not in "}{!:":
             end += 1
