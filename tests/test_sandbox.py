@@ -409,3 +409,38 @@ def test_without_landlock_reads_are_open_and_with_it_closed(box, tmp_path):
     assert box.run(code).status == Outcome.RUNTIME_ERROR
     with Sandbox(allow_weak_isolation=True, disable_layers=("landlock",)) as weak:
         assert weak.run(code).output == "s3cret"  # the layer is what stops it
+
+
+# --- jobs: policies, checks, tests --------------------------------------------------------------------
+
+
+def test_policies_and_checks_run_in_the_child(box):
+    assert box.check("return 1").error == "'return' outside function (line 1)"
+    assert (box.check("import os", policy="task").status, box.check("x = 1", policy="task").status) == (
+        Outcome.UNSAFE, OK)  # fmt: skip
+    r = box.run("import os\nresult = 1", policy="tests")
+    assert (r.status, r.error, r.wall_ms) == (Outcome.UNSAFE, "module os is not available (line 1)", 0.0)
+    assert box.run("import math\nresult = math.floor(2.5)", policy="tests").output == "2"
+    with pytest.raises(ValueError, match="policy"):
+        box.run("x = 1", policy="strict")
+
+
+def test_run_tests_in_the_sandbox(box):
+    test = "def check(candidate):\n    assert candidate(2) == 4\n"
+    assert box.run_tests("def sq(x):\n    return x * x\n", test, "sq").status == OK
+    r = box.run_tests("def sq(x):\n    return x + x + 1\n", test, "sq")
+    assert (r.status, r.error, r.output) == (Outcome.WRONG_OUTPUT, "failed the test on line 2", None)
+    assert box.run_tests("def sq(x):\n    return x + x\n", test, "sq").status == OK  # the tests' weakness
+
+
+def test_modules_are_loaded_only_for_jobs_that_may_import():
+    def maps(pid: int) -> str:
+        with open(f"/proc/{pid}/maps") as f:
+            return f.read()
+
+    with Sandbox() as sandbox:
+        assert sandbox.run("result = 1", policy="task").ok
+        (pid,) = sandbox.server_pids()
+        assert "_hashlib" not in maps(pid)  # the sketch's tasks cannot import: their server stays small
+        assert sandbox.run("import hashlib\nresult = hashlib.md5(b'').hexdigest()[:4]", policy="tests").output == "d41d"
+        assert "_hashlib" in maps(pid) and sandbox.server_pids() == [pid]
