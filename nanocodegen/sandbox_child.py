@@ -18,6 +18,7 @@ import builtins
 import marshal
 import os
 import resource
+import select
 import struct
 import sys
 import time
@@ -163,8 +164,6 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
     try:
         try:
             _set_up_child(fds, run_dir, ruleset, limits, server)
-            if warm:
-                warm_up()  # confined already, like the program it prepares for
             os.write(READY_FD, b"R")
         except BaseException as e:
             # Tell the server why (it raises this to the client), then die: a half-set-up child must not run.
@@ -176,6 +175,8 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
                     continue
             raise
         os.close(READY_FD)
+        if warm:
+            warm_up(stop_fd=GO_FD)  # confined already, like the program it prepares for
         (n,) = LEN.unpack(sandbox_os.read_exact(GO_FD, LEN.size))
         job = marshal.loads(sandbox_os.read_exact(GO_FD, n))
         os.close(GO_FD)
@@ -222,23 +223,31 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
 
 
 # A small program that takes the job's whole path: parse, lint, compile, exec, str(result).
-_WARM_UP_JOB = {
-    "code": "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n",
-    "policy": "task", "check_only": False, "test": None, "entry_point": "",
-}  # fmt: skip
+_WARM_UP_CODE = "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n"
 _WARM_UP_LIMITS = {"result_chars": 100, "memory_bytes": 0}
 
 
-def warm_up() -> None:
-    """Run _WARM_UP_JOB once. The server calls it a few times before it forks, so that lazy set-up (the
-    AST types, the interpreter's specialisation of this module's code) is done once, in the server. A
-    child forked while the caller leaves gaps between requests calls it during its set-up, so that the
-    page faults a first parse, lint and run take (a fresh fork touching memory it shares with the
-    server) fall before its job arrives, not while it runs: measured, a fresh child's parse + lint +
-    compile of `result = 1` takes ~330 us cold and ~35 us warm, for ~650 us of warm-up."""
-    refused, compiled = _prepare(_WARM_UP_JOB)
-    assert refused is None, refused
-    _execute(*compiled, "", "", _WARM_UP_LIMITS)
+def warm_up(stop_fd: int = -1) -> None:
+    """Run _WARM_UP_CODE through the job's path, step by step.
+
+    The server calls it a few times before it forks, so that lazy set-up (the AST types, the interpreter's
+    specialisation of this module's code) is done once, in the server. A child forked while the caller
+    leaves gaps between requests calls it once it is ready, so that the page faults a first parse, lint
+    and run take (a fresh fork touching memory it shares with the server) fall before its job arrives,
+    not while it runs: measured, a fresh child's parse + lint + compile of `result = 1` takes ~330 us
+    cold and ~35 us warm, for ~650 us of warm-up. It stops between steps once `stop_fd` is readable (the
+    job has come), so it delays a job by one step at most."""
+    state: dict = {}
+    steps = (
+        lambda: state.update(tree=compile(_WARM_UP_CODE, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
+        lambda: sandbox_lint.check(_WARM_UP_CODE, state["tree"], "task", AVAILABLE_MODULES),
+        lambda: state.update(program=compile(_WARM_UP_CODE, FILENAME, "exec", dont_inherit=True)),
+        lambda: _execute(state["program"], None, "", "", _WARM_UP_LIMITS),
+    )
+    for step in steps:
+        if stop_fd >= 0 and select.select([stop_fd], [], [], 0)[0]:
+            return
+        step()
 
 
 def _run_job(job: dict, run_dir: str, limits: dict) -> None:
