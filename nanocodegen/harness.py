@@ -386,6 +386,7 @@ def loadgen_benchmark(
     out: str | None = None,
     device: str = "auto",
     profile: str | None = None,
+    allow_weak_isolation: bool = False,
 ) -> dict:
     """`nanocodegen loadgen`: the shipped (or given) model as the system under test; writes OUT/results.json
     in the report shape and returns it. Accuracy mode also scores the accuracy log into OUT/accuracy.json.
@@ -405,7 +406,9 @@ def loadgen_benchmark(
     profile = profile or ("min" if cfg.quick and cfg.mode == "performance" else "max")
     split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
-    with CodeVerifier(workers=1) as verifier:
+    with CodeVerifier(workers=1, allow_weak_isolation=allow_weak_isolation) as verifier:
+        verifier.sandbox.require_isolation()  # now, not at the first attempt
+        isolation = verifier.isolation
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
         run = run_loadgen(tasks, cfg, agent.run, out_dir)
         accuracy = None
@@ -431,8 +434,8 @@ def loadgen_benchmark(
         "quality": accuracy["quality"] if accuracy else unscored,
         "config": {**asdict(agent_config), **asdict(cfg), "checkpoint": str(ckpt), "device": str(dev),
                    "out": str(out_dir), "tasks": len(tasks)},
-        "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": checkpoint_sha256(ckpt),
-                       "checkpoint_config": ckpt_config},
+        "provenance": {**provenance(dev), "sandbox": isolation, "seed": agent_config.seed,
+                       "checkpoint_sha256": checkpoint_sha256(ckpt), "checkpoint_config": ckpt_config},
         "loadgen": {
             "version": values.get("loadgen_version"),
             "settings": {k[len("effective_"):]: v for k, v in values.items() if k.startswith("effective_")},

@@ -1,23 +1,35 @@
-"""What runs inside a sandbox child: set-up, the program, its report; and the outcome vocabulary.
+"""What runs inside a sandbox child: set-up, the job (lint, compile, run, tests), its report; the outcomes.
 
 The sandbox server (sandbox_server.py) forks a child per program; the child runs `child_main` and never
 returns. Standard library only, like the server. The feedback texts built here and in the server are
 shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
+
+A job (marshal, on the go pipe) is {"code": str, "policy": "task" | "tests" | "" (no lint),
+"check_only": bool (parse, lint and compile, do not run), "test": the marshalled code object of the
+test code, compiled by the client, or None, "entry_point": str}.
+With a test, the program is run, then the test code in the same namespace, then
+`check(<entry_point>)`, as HumanEval's harness does.
 """
 
 from __future__ import annotations
 
+import _ast
 import builtins
+import marshal
 import os
 import resource
+import select
 import struct
 import sys
 import time
 
 if __package__:  # nanocodegen.sandbox_child, imported by the client side for the texts and statuses
-    from nanocodegen import sandbox_os
+    from nanocodegen import sandbox_lint, sandbox_os
+    from nanocodegen.sandbox_lint import with_line
 else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_lint
     import sandbox_os
+    from sandbox_lint import with_line
 
 # Statuses a run can end in. Apart from OK ("ran to the end; the verifier judges the output") these are the
 # string values of nanocodegen.records.Outcome (not imported: the server must not import the package).
@@ -28,8 +40,22 @@ TIMEOUT = "timeout"
 MEMORY_LIMIT = "memory_limit"
 OUTPUT_LIMIT = "output_limit"
 CRASHED = "crashed"
+UNSAFE = "unsafe"  # the lint refused the program; it did not run
+WRONG_OUTPUT = "wrong_output"  # a test's assertion failed (runs with tests only)
+
+# What a program may import. The child can read no file outside its private directory, so these are
+# imported by the server before it forks (sandbox_server.preload), and the child's import system finds
+# nothing else. Chosen for HumanEval (typing, math, re, hashlib, random, copy, collections, string) and
+# everyday algorithmic code.
+AVAILABLE_MODULES = frozenset(
+    {"bisect", "cmath", "collections", "copy", "datetime", "decimal", "fractions", "functools", "hashlib",
+     "heapq", "itertools", "json", "math", "operator", "random", "re", "statistics", "string", "typing"}
+)  # fmt: skip
+# Preloaded with the above: imported on first use by datetime.strptime, or a common spelling.
+HELPER_MODULES = ("_strptime", "collections.abc")
 
 FILENAME = "<code>"  # the program's compile() filename: tracebacks name no host path
+TEST_FILENAME = "<test>"  # the test code's
 MAX_ERROR_CHARS = 200  # exception messages are cut to this, so feedback stays short
 EXIT_SETUP_FAILED = 70
 MAX_TIMEOUT_MS = 600_000  # the largest time limit a request may ask for
@@ -57,21 +83,22 @@ def format_size(n: int) -> str:
     return f"{n} bytes"
 
 
-def with_line(text: str, line: int | None) -> str:
-    return f"{text} (line {line})" if line else text
-
-
 def syntax_error_text(e: BaseException) -> str:
     """Text for anything compile()/ast.parse() raise: SyntaxError (and Indentation/TabError), ValueError
-    for NUL bytes on some 3.11 releases, RecursionError/MemoryError for too deeply nested code."""
+    for NUL bytes on some 3.11 releases, UnicodeError for lone surrogates, RecursionError/MemoryError for
+    too deeply nested or too large code, anything else as "Type: message"."""
+    if isinstance(e, UnicodeError):
+        return "the program is not valid UTF-8"
     if isinstance(e, SyntaxError):
         if "null bytes" in str(e.msg):
             return "source code cannot contain null bytes"
         return with_line(_one_line(str(e.msg or "invalid syntax")), e.lineno)
     if isinstance(e, ValueError) and "null bytes" in str(e):
         return "source code cannot contain null bytes"
-    if isinstance(e, RecursionError | MemoryError):
+    if isinstance(e, RecursionError):
         return "the program is too deeply nested to compile"
+    if isinstance(e, MemoryError):
+        return "the program is too large or too deeply nested to compile"
     return _one_line(f"{type(e).__name__}: {e}")
 
 
@@ -92,14 +119,25 @@ def scrub(text: str, run_dir: str) -> str:
     return "0x".join(parts)
 
 
-def user_line(tb) -> int | None:
-    """Line of the innermost traceback frame that is the program's own code."""
+def user_line(tb, filename: str = FILENAME) -> int | None:
+    """Line of the innermost traceback frame that is the program's own code (or `filename`'s)."""
     line = None
     while tb is not None:
-        if tb.tb_frame.f_code.co_filename == FILENAME:
+        if tb.tb_frame.f_code.co_filename == filename:
             line = tb.tb_lineno
         tb = tb.tb_next
     return line
+
+
+def innermost_source(tb) -> str:
+    """FILENAME or TEST_FILENAME, whichever the innermost frame of either belongs to; "" if neither."""
+    found = ""
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename
+        if name in (FILENAME, TEST_FILENAME):
+            found = name
+        tb = tb.tb_next
+    return found
 
 
 def exception_text(e: BaseException, run_dir: str) -> str:
@@ -111,14 +149,18 @@ def exception_text(e: BaseException, run_dir: str) -> str:
     if len(message) > MAX_ERROR_CHARS:
         message = message[: MAX_ERROR_CHARS - 3] + "..."
     text = f"{type(e).__name__}: {message}" if message else type(e).__name__
+    if innermost_source(e.__traceback__) == TEST_FILENAME:  # raised by the tests, not the program
+        line = user_line(e.__traceback__, TEST_FILENAME)
+        return f"{text} (test line {line})"
     return with_line(text, user_line(e.__traceback__))
 
 
 # --- the child: set up, wait for the program, run it, report, exit ------------------------------------------
 
 
-def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
-    """Body of a forked child; never returns. fds = (ready pipe, go pipe, stdout, stderr, result pipe)."""
+def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int, warm: bool):
+    """Body of a forked child; never returns. fds = (ready pipe, go pipe, stdout, stderr, result pipe);
+    `warm`: run warm_up() during the set-up."""
     try:
         try:
             _set_up_child(fds, run_dir, ruleset, limits, server)
@@ -133,10 +175,12 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
                     continue
             raise
         os.close(READY_FD)
+        if warm:
+            warm_up(stop_fd=GO_FD)  # confined already, like the program it prepares for
         (n,) = LEN.unpack(sandbox_os.read_exact(GO_FD, LEN.size))
-        code = sandbox_os.read_exact(GO_FD, n).decode("utf-8", "surrogatepass")
+        job = marshal.loads(sandbox_os.read_exact(GO_FD, n))
         os.close(GO_FD)
-        _run_program(code, run_dir, limits)
+        _run_job(job, run_dir, limits)
     finally:
         os._exit(EXIT_SETUP_FAILED)
 
@@ -160,6 +204,10 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
     os.closerange(3, RULESET_FD)
     os.closerange(RESULT_FD + 1, sandbox_os.MAX_FD)
     os.chdir(run_dir)  # also HOME and TMPDIR, which the server's environment sets to "."
+    # Imports: only what is already loaded (the server preloaded AVAILABLE_MODULES), builtin or frozen.
+    # Without the path finder no import looks at a file, so a missing module is a plain
+    # ModuleNotFoundError whether or not this kernel confines reads.
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "PathFinder"]
     # Hard limits: once lowered, the program cannot raise them again. RLIMIT_CPU waits for the request
     # (the server lowers it to fit the time limit then), since raising a hard limit takes privilege.
     resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_S, MAX_CPU_S))
@@ -169,26 +217,63 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
         resource.setrlimit(resource.RLIMIT_NPROC, (0, 0))  # no fork, no threads
     if ruleset >= 0:
         sandbox_os.landlock_enforce(RULESET_FD)
-    sandbox_os.forbid_new_processes()
-    # Last: anything above may allocate.
+    # After everything above that may allocate, before the filter (which refuses setrlimit).
     resource.setrlimit(resource.RLIMIT_AS, (limits["memory_bytes"],) * 2)
+    sandbox_os.forbid_syscalls()
 
 
-def _run_program(code: str, run_dir: str, limits: dict) -> None:
-    """Run the program as a module body, write one result frame to RESULT_FD, exit. Never returns."""
-    # Bound before the program runs: it may rebind sys.stdout or module attributes, not these locals.
-    write, exit_, clock, usage, streams = os.write, os._exit, time.perf_counter, resource.getrusage, (
-        sys.stdout, sys.stderr)  # fmt: skip
-    start, before = clock(), usage(resource.RUSAGE_SELF)
-    status, text, flags = _execute(code, run_dir, limits)
-    for stream in streams:
-        try:
-            stream.flush()
-        except BaseException:  # past the output cap (the server sees the size) or closed by the program
-            pass
-    wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
-    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
-    body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{after.ru_maxrss}\n".encode()
+# A small program that takes the job's whole path: parse, lint, compile, exec, str(result).
+_WARM_UP_CODE = "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n"
+_WARM_UP_LIMITS = {"result_chars": 100, "memory_bytes": 0}
+
+
+def warm_up(stop_fd: int = -1) -> None:
+    """Run _WARM_UP_CODE through the job's path, step by step.
+
+    The server calls it a few times before it forks, so that lazy set-up (the AST types, the interpreter's
+    specialisation of this module's code) is done once, in the server. A child forked while the caller
+    leaves gaps between requests calls it once it is ready, so that the page faults a first parse, lint
+    and run take (a fresh fork touching memory it shares with the server) fall before its job arrives,
+    not while it runs: measured, a fresh child's parse + lint + compile of `result = 1` takes ~330 us
+    cold and ~35 us warm, for ~650 us of warm-up. It stops between steps once `stop_fd` is readable (the
+    job has come), so it delays a job by one step at most."""
+    state: dict = {}
+    steps = (
+        lambda: state.update(tree=compile(_WARM_UP_CODE, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
+        lambda: sandbox_lint.check(_WARM_UP_CODE, state["tree"], "task", AVAILABLE_MODULES),
+        lambda: state.update(program=compile(_WARM_UP_CODE, FILENAME, "exec", dont_inherit=True)),
+        lambda: _execute(state["program"], None, "", "", _WARM_UP_LIMITS),
+    )
+    for step in steps:
+        if stop_fd >= 0 and select.select([stop_fd], [], [], 0)[0]:
+            return
+        step()
+
+
+def _run_job(job: dict, run_dir: str, limits: dict) -> None:
+    """Check and run the job, write one result frame to RESULT_FD, exit. Never returns."""
+    # Bound before the program runs: it may rebind sys.stdout, module attributes or a stream's `flush`, not
+    # these locals or the methods of the stream's (built-in, immutable) type.
+    write, exit_, clock, usage = os.write, os._exit, time.perf_counter, resource.getrusage
+    flushes = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
+    refused, compiled = _prepare(job)
+    cpu_ms = wall_ms = 0.0  # the program's own time: zero if it never ran
+    if refused is not None:
+        status, text, flags = refused
+    elif job["check_only"]:
+        status, text, flags = OK, "", ""
+    else:
+        start, before = clock(), usage(resource.RUSAGE_SELF)
+        status, text, flags = _execute(*compiled, job["entry_point"], run_dir, limits)
+        for flush, stream in flushes:
+            try:
+                flush(stream)
+            except BaseException:  # past the output cap (the server sees the size) or closed by the program
+                pass
+        wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
+        cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    rss_kib = usage(resource.RUSAGE_SELF).ru_maxrss
+    body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{rss_kib}\n".encode()
     body += text.encode("utf-8", "surrogatepass")
     data = RESULT_MAGIC + LEN.pack(len(body)) + body
     while data:
@@ -196,21 +281,47 @@ def _run_program(code: str, run_dir: str, limits: dict) -> None:
     exit_(0)
 
 
-def _execute(code: str, run_dir: str, limits: dict) -> tuple[str, str, str]:
-    """(status, output or error text, flags); flags: "r" = a global `result` exists, "t" = output cut."""
+def _prepare(job: dict):
+    """((status, text, flags), None) if the job is refused before running, else (None, (program, test)):
+    the code objects of the program and of the test code (None without tests)."""
+    code, policy = job["code"], job["policy"]
     try:
+        if policy:
+            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
+            if violation:
+                return (UNSAFE, violation, ""), None
+            del tree
+        # From the source again, not from the tree: converting a tree back costs more than parsing anew.
         program = compile(code, FILENAME, "exec", dont_inherit=True)
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        return SYNTAX_ERROR, syntax_error_text(e), ""
+    except Exception as e:  # SyntaxError, and whatever else a parser or compiler bomb makes it raise
+        return (SYNTAX_ERROR, syntax_error_text(e), ""), None
+    # The test code came compiled (the client compiles trusted test code once per text).
+    return None, (program, None if job["test"] is None else marshal.loads(job["test"]))
+
+
+def _execute(program, test, entry_point: str, run_dir: str, limits: dict) -> tuple[str, str, str]:
+    """(status, output or error text, flags); flags: "r" = a global `result` exists, "t" = output cut."""
     # Real builtins and a fresh module namespace: isolation is the OS's job, not a restricted dict's.
     namespace = {"__name__": "__main__", "__builtins__": builtins}
     memory_line = 0
     try:
         exec(program, namespace)
-        has_result = "result" in namespace
-        output = str(namespace["result"]) if has_result else "None"
+        if test is None:
+            has_result = "result" in namespace
+            output = str(namespace["result"]) if has_result else "None"
+        else:
+            exec(test, namespace)
+            if entry_point not in namespace:
+                return RUNTIME_ERROR, f"the program defines no {entry_point}", ""
+            namespace["check"](namespace[entry_point])
+            has_result, output = False, ""
     except MemoryError as e:
         memory_line = user_line(e.__traceback__) or -1
+    except AssertionError as e:
+        if test is None or innermost_source(e.__traceback__) != TEST_FILENAME:
+            return RUNTIME_ERROR, exception_text(e, run_dir), ""
+        return WRONG_OUTPUT, f"failed the test on line {user_line(e.__traceback__, TEST_FILENAME)}", ""
     except BaseException as e:  # SystemExit and KeyboardInterrupt too: the program raised them, report them
         return RUNTIME_ERROR, exception_text(e, run_dir), ""
     if memory_line:

@@ -1,9 +1,10 @@
 """What the sandbox asks of the Linux kernel (prctl, Landlock, seccomp, limits, cleanup); fd I/O and wire.
 
-Standard library only (ctypes for the calls the stdlib lacks). The later hardening phase (a full seccomp
-policy, user / network / pid namespaces, a read policy) belongs here: `prepare_server` for what is set once
-per server; `landlock_ruleset`, `landlock_enforce` and `forbid_new_processes` for what each child gets.
-See nanocodegen/sandbox.py for what the isolation does and does not guarantee.
+Standard library only (ctypes for the calls the stdlib lacks). `prepare_server` sets up, once per server,
+what is the same for every child, and reports which isolation layers this kernel gives; each child then
+gets `landlock_ruleset` (built by the server), `landlock_enforce` and `forbid_syscalls`. The seccomp
+filter itself is in sandbox_seccomp.py. nanocodegen/sandbox.py says what the isolation does and does not
+guarantee.
 """
 
 from __future__ import annotations
@@ -17,84 +18,50 @@ import resource
 import struct
 import sys
 
+if __package__:  # nanocodegen.sandbox_os, imported by the client side (the wire format, the layer names)
+    from nanocodegen import sandbox_seccomp
+else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_seccomp
+
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER, _PR_SET_SECCOMP = 1, 38, 36, 22
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
 # Landlock's syscall numbers are the same on every architecture.
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 
 # RLIMIT_NPROC counts a user's processes and does not bind root, so only a non-root server can forbid
-# fork() (and threads) this way.
+# fork() (and threads) this way; the seccomp filter forbids them for everyone.
 FORK_LIMIT_BINDS = os.geteuid() != 0
 _hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
 MAX_FD = _hard if 0 < _hard < (1 << 24) else 1 << 24  # close_range upper bound for the child's cleanup
 
-# Landlock access rights (linux/landlock.h). Reads are not restricted in this phase: the child needs the
-# stdlib, and it may read what the user running the benchmark may read.
-_FS_EXECUTE, _FS_WRITE_FILE, _FS_REMOVE_DIR, _FS_REMOVE_FILE = 1 << 0, 1 << 1, 1 << 4, 1 << 5
-_FS_MAKE_CHAR, _FS_MAKE_DIR, _FS_MAKE_REG, _FS_MAKE_SOCK = 1 << 6, 1 << 7, 1 << 8, 1 << 9
-_FS_MAKE_FIFO, _FS_MAKE_BLOCK, _FS_MAKE_SYM = 1 << 10, 1 << 11, 1 << 12
-_FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 13, 1 << 14, 1 << 15  # ABI 2, 3, 5
-_FS_ABI1 = (
-    _FS_EXECUTE | _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE_CHAR | _FS_MAKE_DIR
-    | _FS_MAKE_REG | _FS_MAKE_SOCK | _FS_MAKE_FIFO | _FS_MAKE_BLOCK | _FS_MAKE_SYM
-)  # fmt: skip
-# What a program may still do beneath its private dir: create, write and delete files. Never exec.
+# Landlock access rights (linux/landlock.h). Every right the kernel knows is "handled" (denied unless a
+# rule allows it), reads included; the one rule allows the child's private directory.
+_FS_EXECUTE, _FS_WRITE_FILE, _FS_READ_FILE, _FS_READ_DIR = 1 << 0, 1 << 1, 1 << 2, 1 << 3
+_FS_REMOVE_DIR, _FS_REMOVE_FILE, _FS_MAKE_CHAR, _FS_MAKE_DIR = 1 << 4, 1 << 5, 1 << 6, 1 << 7
+_FS_MAKE_REG, _FS_MAKE_SOCK, _FS_MAKE_FIFO, _FS_MAKE_BLOCK = 1 << 8, 1 << 9, 1 << 10, 1 << 11
+_FS_MAKE_SYM, _FS_REFER, _FS_TRUNCATE, _FS_IOCTL_DEV = 1 << 12, 1 << 13, 1 << 14, 1 << 15  # ABI 1, 2, 3, 5
+_FS_ABI1 = (1 << 13) - 1  # EXECUTE .. MAKE_SYM
+# What a program may do beneath its private dir: read, create, write and delete files. Never exec,
+# never device files, sockets or fifos.
 _FS_PRIVATE = (
-    _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE_DIR | _FS_MAKE_REG | _FS_MAKE_SYM
-    | _FS_REFER | _FS_TRUNCATE
+    _FS_READ_FILE | _FS_READ_DIR | _FS_WRITE_FILE | _FS_REMOVE_DIR | _FS_REMOVE_FILE | _FS_MAKE_DIR
+    | _FS_MAKE_REG | _FS_MAKE_SYM | _FS_REFER | _FS_TRUNCATE
 )  # fmt: skip
 _NET_BIND_TCP, _NET_CONNECT_TCP = 1 << 0, 1 << 1  # ABI 4
 _SCOPE_ABSTRACT_UNIX_SOCKET, _SCOPE_SIGNAL = 1 << 0, 1 << 1  # ABI 6
 
-
-# A seccomp filter that refuses to create processes or threads, or to exec: fork, vfork, clone, clone3,
-# execve, execveat fail with EPERM, as does every syscall made through another ABI (i386 int 0x80, x32),
-# which could reach them by other numbers. Everything else is allowed: the full syscall policy is the next
-# hardening phase's. Only where the syscall numbers are known; elsewhere fork is blocked for non-root only.
-_NO_PROCESS_SYSCALLS = {  # machine -> (AUDIT_ARCH_*, syscall numbers)
-    "x86_64": (0xC000003E, (56, 57, 58, 59, 322, 435)),  # clone fork vfork execve execveat clone3
-    "aarch64": (0xC00000B7, (220, 221, 281, 435)),  # clone execve execveat clone3 (no fork/vfork)
+# The OS layer, by what it must stop; the sandbox refuses to run untrusted code when one is missing,
+# unless the caller passes allow_weak_isolation. (`nanocodegen doctor` prints them.)
+REQUIRED_LAYERS = {
+    "fs_read_confined": "no reads outside the private directory, /proc of other processes included (Landlock)",
+    "fs_write_confined": "no writes outside the private directory (Landlock)",
+    "network_blocked": "no sockets of any kind (seccomp)",
+    "processes_blocked": "no fork, clone, threads or exec (seccomp)",
+    "signals_blocked": "no signals to, or tracing of, other processes (seccomp; Landlock ABI 6)",
+    "syscalls_allowlisted": "only the system calls a Python program needs (seccomp)",
 }
-_X32_SYSCALL_BIT = 0x40000000
-_SECCOMP_MODE_FILTER, _SECCOMP_RET_ALLOW, _SECCOMP_RET_ERRNO = 2, 0x7FFF0000, 0x00050000
-_BPF_LD_W_ABS, _BPF_JEQ_K, _BPF_JGE_K, _BPF_RET_K = 0x20, 0x15, 0x35, 0x06
-
-
-class _SockFilter(ctypes.Structure):
-    _fields_ = [("code", ctypes.c_uint16), ("jt", ctypes.c_uint8), ("jf", ctypes.c_uint8)]
-    _fields_ += [("k", ctypes.c_uint32)]
-
-
-class _SockFprog(ctypes.Structure):
-    _fields_ = [("len", ctypes.c_uint16), ("filter", ctypes.POINTER(_SockFilter))]
-
-
-def _no_process_filter() -> _SockFprog | None:
-    known = _NO_PROCESS_SYSCALLS.get(os.uname().machine)
-    if known is None:
-        return None
-    arch, numbers = known
-    deny = _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ERRNO | 1)  # EPERM
-    allow = _SockFilter(_BPF_RET_K, 0, 0, _SECCOMP_RET_ALLOW)
-    # Jump offsets count instructions after the current one; `to_deny(i)` reaches the last instruction.
-    n = 4 + len(numbers)  # instructions before `allow`
-    to_deny = lambda i: n + 1 - (i + 1)  # noqa: E731
-    prog = [
-        _SockFilter(_BPF_LD_W_ABS, 0, 0, 4),  # seccomp_data.arch
-        _SockFilter(_BPF_JEQ_K, 0, to_deny(1), arch),
-        _SockFilter(_BPF_LD_W_ABS, 0, 0, 0),  # seccomp_data.nr
-        _SockFilter(_BPF_JGE_K, to_deny(3), 0, _X32_SYSCALL_BIT),
-    ]
-    prog += [_SockFilter(_BPF_JEQ_K, to_deny(4 + j), 0, nr) for j, nr in enumerate(numbers)]
-    prog += [allow, deny]
-    array = (_SockFilter * len(prog))(*prog)
-    fprog = _SockFprog(len(prog), array)
-    fprog._keep = array  # the struct points into the array: keep it alive with it
-    return fprog
-
-
-_NO_PROCESS_FILTER = _no_process_filter()  # built once, in the server; each child only installs it
+LAYER_SWITCHES = ("landlock", "seccomp")  # what Sandbox(disable_layers=...) may turn off, for tests
 
 
 class _RulesetAttr(ctypes.Structure):
@@ -119,23 +86,42 @@ def landlock_abi() -> int:
     return max(int(ret), 0)
 
 
-def prepare_server() -> dict:
-    """Set up the server process once, for everything its children share; return the features in use."""
-    global _NO_PROCESS_FILTER
+_CHILD_FILTER: sandbox_seccomp.SockFprog | None = None  # built by prepare_server; each child installs it
+
+
+def prepare_server(disable: tuple[str, ...] = ()) -> dict:
+    """Set up the server process once, for everything its children share; return the layers in use.
+
+    `disable` turns layers off by name (LAYER_SWITCHES), to test and measure the sandbox without them.
+    Last, the server confines itself with the server seccomp filter (see sandbox_seccomp)."""
+    global _CHILD_FILTER
+    unknown = set(disable) - set(LAYER_SWITCHES)
+    assert not unknown, f"unknown layers {sorted(unknown)}; choose from {LAYER_SWITCHES}"
     # No set-uid gains after exec (required by Landlock and seccomp); the server itself never execs.
     _check(_libc.prctl(_PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "prctl(PR_SET_NO_NEW_PRIVS)")
-    if _NO_PROCESS_FILTER is not None and not _filter_installs():
-        _NO_PROCESS_FILTER = None  # a kernel without seccomp filters: fall back to RLIMIT_NPROC
-    abi = landlock_abi()
+    server_filter = None
+    if "seccomp" not in disable:
+        server_filter, _CHILD_FILTER = sandbox_seccomp.server_filter(), sandbox_seccomp.child_filter()
+        if server_filter is not None and not _filters_work(server_filter, _CHILD_FILTER):
+            server_filter = _CHILD_FILTER = None  # a kernel without seccomp filters
+    abi = landlock_abi() if "landlock" not in disable else 0
+    seccomp = _CHILD_FILTER is not None
     features = {
         "landlock_abi": abi,
+        "seccomp_filter": seccomp,
+        "fs_read_confined": abi >= 1,
         "fs_write_confined": abi >= 1,
-        "tcp_blocked": abi >= 4,
+        "network_blocked": seccomp,
+        "tcp_blocked": seccomp or abi >= 4,
+        "processes_blocked": seccomp or FORK_LIMIT_BINDS,
+        # Signals and ptrace: seccomp refuses them; Landlock scopes ptrace (ABI 1) and signals (ABI 6).
+        # Reading another process's /proc entries is a file read: fs_read_confined covers it.
+        "signals_blocked": seccomp or abi >= 6,
         "signals_scoped": abi >= 6,
-        "fork_blocked": FORK_LIMIT_BINDS or _NO_PROCESS_FILTER is not None,
-        "seccomp_no_process": _NO_PROCESS_FILTER is not None,
+        "syscalls_allowlisted": seccomp,
         # Descendants that leave a child's process group are re-parented here, so the server can kill them.
         "subreaper": _libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0,
+        "disabled": list(disable),
     }
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     # Python ignores SIGXFSZ; the default action kills a child the moment it passes the output cap.
@@ -147,45 +133,48 @@ def prepare_server() -> dict:
     sys.stderr = sys.__stderr__ = io.TextIOWrapper(
         io.FileIO(2, "w", closefd=False), encoding="utf-8", errors="backslashreplace", line_buffering=True
     )
+    if server_filter is not None:
+        sandbox_seccomp.install(server_filter)
     return features
 
 
-def forbid_new_processes() -> None:
-    """Install the no-fork/no-exec seccomp filter on the calling process (needs no_new_privs, set by
-    prepare_server); it and anything it could start inherit it. A no-op where the filter is unknown."""
-    if _NO_PROCESS_FILTER is not None:
-        ret = _libc.prctl(_PR_SET_SECCOMP, _SECCOMP_MODE_FILTER, ctypes.byref(_NO_PROCESS_FILTER), 0, 0)
-        _check(ret, "prctl(PR_SET_SECCOMP)")
+def missing_layers(features: dict) -> list[str]:
+    """The REQUIRED_LAYERS that `features` (a server's hello) lacks."""
+    return [name for name in REQUIRED_LAYERS if not features.get(name)]
 
 
-def _filter_installs() -> bool:
-    """Whether this kernel accepts the filter: try it in a throwaway child (it cannot be taken back)."""
+def forbid_syscalls() -> None:
+    """Install the child seccomp filter on the calling process, for good (on top of the server's, which
+    it inherited). A no-op where the filters are unavailable or disabled (the features say so)."""
+    if _CHILD_FILTER is not None:
+        sandbox_seccomp.install(_CHILD_FILTER)
+
+
+def _filters_work(server_filter, child_filter) -> bool:
+    """Whether this kernel accepts the filters and Python still works under them, forking included: try
+    them in a throwaway child and grandchild (a filter cannot be taken back)."""
     pid = os.fork()
     if pid == 0:
         try:
-            forbid_new_processes()
-            os._exit(0)
+            sandbox_seccomp.install(server_filter)
+            grandchild = os.fork()
+            if grandchild == 0:
+                try:
+                    sandbox_seccomp.install(child_filter)
+                    ok = str(sum(range(10))) == "45" and os.getpid() > 0
+                    os._exit(0 if ok else 1)
+                finally:
+                    os._exit(1)
+            os._exit(0 if os.waitpid(grandchild, 0)[1] == 0 else 1)
         finally:
             os._exit(1)
     return os.waitpid(pid, 0)[1] == 0
 
 
-def trim_heap() -> None:
-    """Return free malloc memory to the kernel (glibc's malloc_trim; a no-op where libc lacks it)."""
-    trim = getattr(_libc, "malloc_trim", None)
-    if trim is not None:
-        trim(0)
-
-
-def die_with_parent() -> None:
-    """SIGKILL this process when its parent (the server) dies."""
-    _libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
-
-
 def landlock_ruleset(private_dir: str, abi: int) -> int:
-    """A Landlock ruleset fd for one child (-1 without Landlock): no writes or exec outside private_dir;
-    ABI >= 4: no TCP bind/connect; ABI >= 6: no signals to, or abstract sockets of, outside processes.
-    Building it does not restrict the caller; `landlock_enforce` does."""
+    """A Landlock ruleset fd for one child (-1 without Landlock): no reads, writes or exec anywhere but
+    private_dir; ABI >= 4: no TCP bind/connect; ABI >= 6: no signals to, or abstract sockets of, outside
+    processes. Building it does not restrict the caller; `landlock_enforce` does."""
     if abi < 1:
         return -1
     handled_fs = _FS_ABI1 | (_FS_REFER if abi >= 2 else 0) | (_FS_TRUNCATE if abi >= 3 else 0)
@@ -215,6 +204,18 @@ def landlock_enforce(ruleset: int) -> None:
     """Confine the calling (single-threaded) process to `ruleset` for good; it and its children inherit it."""
     _check(_libc.syscall(_SYS_LANDLOCK_RESTRICT_SELF, ruleset, 0), "landlock_restrict_self")
     os.close(ruleset)
+
+
+def trim_heap() -> None:
+    """Return free malloc memory to the kernel (glibc's malloc_trim; a no-op where libc lacks it)."""
+    trim = getattr(_libc, "malloc_trim", None)
+    if trim is not None:
+        trim(0)
+
+
+def die_with_parent() -> None:
+    """SIGKILL this process when its parent (the server) dies."""
+    _libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)
 
 
 # --- the client <-> server wire: a 4-byte big-endian length, then marshal. Only ever between the client

@@ -3,14 +3,17 @@
 `nanocodegen.sandbox.Sandbox` starts this file as a script in a clean interpreter, so the server never
 imports torch or the nanocodegen package (whose __init__ may):
 
-    python -S -s -P -B -X utf8 nanocodegen/sandbox_server.py FD LIMITS BASE_DIR
+    python -S -s -P -B -X utf8 nanocodegen/sandbox_server.py FD CONFIG BASE_DIR
 
-It imports only small stdlib modules, because every page the server maps is copied into each child's page
-tables at fork and every page a child touches is copied on write; both are the per-run cost. It speaks
-length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello
-{"pid", "features"}, then one reply per request {"code": str, "timeout_ms": int}; EOF means shut down.
-The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does
-and does not guarantee is written in nanocodegen/sandbox.py.
+CONFIG is {"limits": Limits as a dict, "disable": [layer names]}, marshalled and hex-encoded. The server
+imports only small stdlib modules, because every page it maps is copied into each child's page tables at
+fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
+may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
+not under the `task` policy), since children cannot read them from disk. It speaks length-prefixed
+marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid",
+"features"}, then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means
+shut down. The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the
+isolation does and does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
@@ -23,13 +26,16 @@ import resource
 import select
 import sys
 import time
+import unicodedata  # noqa: F401 - the parser imports it for any non-ASCII identifier; children cannot
 
 # sandbox_child and sandbox_os sit next to this file. -P keeps this directory off sys.path: add it for these
 # imports only, so that programs cannot import the package's other modules by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_os  # noqa: E402
 from sandbox_child import (  # noqa: E402
+    AVAILABLE_MODULES,
     CRASHED,
+    HELPER_MODULES,
     LEN,
     MAX_ERROR_CHARS,
     MEMORY_LIMIT,
@@ -39,13 +45,17 @@ from sandbox_child import (  # noqa: E402
     RUNTIME_ERROR,
     SYNTAX_ERROR,
     TIMEOUT,
+    UNSAFE,
+    WRONG_OUTPUT,
     child_main,
     format_size,
+    warm_up,
 )
 
 del sys.path[0]
 
 SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
+WARM_UP_RUNS = 16  # enough for 3.11's adaptive interpreter to specialise the job path's code
 QUICK_S = 0.001  # a program done within this is answered before the next child is forked...
 IDLE_S = 0.0005  # ...if the server waited at least this long for its request (else the caller is in a loop)
 _SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
@@ -86,6 +96,10 @@ class Server:
         self.base_dir, self.limits, self.features = base_dir, limits, features
         self.pid = os.getpid()
         self.count = 0
+        self.preloaded = False  # AVAILABLE_MODULES imported
+        # Children warm up (sandbox_child.warm_up) while the caller leaves gaps between requests, where
+        # that work is hidden; not when requests come back to back, where it would only add to each.
+        self.warm_children = True
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
 
@@ -97,6 +111,13 @@ class Server:
                 if (request := sandbox_os.recv_msg(client)) is None:
                     break
                 quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
+                self.warm_children = quick_s > 0
+                if request["job"]["policy"] != "task" and not self.preloaded:
+                    # Its child must have the modules a program may import: load them, and replace the
+                    # spare, which was forked without them. Once per server.
+                    self.finish(spare)
+                    preload()
+                    self.preloaded, spare = True, self.spawn()
                 child, spare = spare, None
                 try:
                     child = self.ready_child(child)
@@ -125,7 +146,8 @@ class Server:
         ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
         pid = os.fork()
         if pid == 0:
-            child_main((ready_w, go_r, out, err, res_w), run_dir, ruleset, self.limits, self.pid)
+            fds = (ready_w, go_r, out, err, res_w)
+            child_main(fds, run_dir, ruleset, self.limits, self.pid, self.warm_children)
         for fd in (ready_w, go_r, res_w) + ((ruleset,) if ruleset >= 0 else ()):
             os.close(fd)
         self.live.add(pid)
@@ -156,10 +178,10 @@ class Server:
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
         resource.prlimit(child.pid, resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        code = request["code"].encode("utf-8", "surrogatepass")
+        job = marshal.dumps(request["job"])
         start = time.perf_counter()  # the program's budget starts now: fork and set-up are behind us
         try:
-            sandbox_os.write_all(child.go, LEN.pack(len(code)) + code)
+            sandbox_os.write_all(child.go, LEN.pack(len(job)) + job)
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
@@ -295,7 +317,7 @@ def _parse_frame(frame: bytes) -> dict | None:
         return None
     if report["status"] == OK:
         return {**report, "output": text, "has_result": b"r" in flags, "truncated": b"t" in flags}
-    if report["status"] in (SYNTAX_ERROR, RUNTIME_ERROR, MEMORY_LIMIT):
+    if report["status"] in (SYNTAX_ERROR, UNSAFE, RUNTIME_ERROR, MEMORY_LIMIT, WRONG_OUTPUT):
         return {**report, "error": text[: MAX_ERROR_CHARS * 2]}
     return None
 
@@ -318,19 +340,35 @@ def _tail(fd: int, size: int, n: int) -> str:
     return os.pread(fd, n, max(0, size - n)).decode("utf-8", "replace") if size else ""
 
 
+def preload() -> None:
+    """Import the modules programs may use, then settle the heap again (see main)."""
+    for name in sorted(AVAILABLE_MODULES) + list(HELPER_MODULES):
+        try:
+            __import__(name)
+        except ImportError:
+            pass  # a Python built without it: programs that import it get ModuleNotFoundError
+    settle_heap()
+
+
+def settle_heap() -> None:
+    for _ in range(WARM_UP_RUNS):  # lazy initialisation and specialisation, done here once (see warm_up)
+        warm_up()
+    # Every fork copies the page-table entries of the server's private memory, and every later write to
+    # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
+    # hand free heap back to the kernel, and keep the collector from touching the objects that remain.
+    gc.collect()
+    sandbox_os.trim_heap()
+    gc.freeze()
+
+
 def main(argv: list[str]) -> None:
     client = int(argv[1])
-    limits, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
+    config, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
     try:
-        features = sandbox_os.prepare_server()
-        server = Server(base_dir, limits, features)
+        features = sandbox_os.prepare_server(tuple(config["disable"]))
+        server = Server(base_dir, config["limits"], features)
         sandbox_os.send_msg(client, {"pid": os.getpid(), "features": features})
-        # Every fork copies the page-table entries of the server's private memory, and every later write to
-        # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
-        # hand free heap back to the kernel, and keep the collector from touching the objects that remain.
-        gc.collect()
-        sandbox_os.trim_heap()
-        gc.freeze()
+        settle_heap()
         server.serve(client)
     except (BrokenPipeError, ConnectionResetError):
         pass  # the client died; its children die with this process (PR_SET_PDEATHSIG)

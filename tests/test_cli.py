@@ -36,6 +36,8 @@ def test_user_task_file(tmp_path):
     results = json.loads((tmp_path / "run" / "results.json").read_text())
     assert [e["id"] for e in results["episodes"]] == ["a", "b"]
     assert results["episodes"][0]["suite"] == "mine"
+    sandbox = results["provenance"]["sandbox"]  # the isolation layers in force, and whether weak was allowed
+    assert sandbox["complete"] and not sandbox["allow_weak_isolation"] and sandbox["layers"]["seccomp_filter"]
 
 
 @pytest.mark.parametrize(
@@ -90,3 +92,31 @@ def test_interrupted_run_keeps_finished_episodes(tmp_path, monkeypatch):
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["status"] == "interrupted" and len(results["episodes"]) == 2
     assert len((tmp_path / "episodes.jsonl").read_text().splitlines()) == 2
+
+
+def test_verify_checks_reference_solutions(capsys):
+    assert main(["verify", "--suite", "seed", "--canonical", "--workers", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "seed: 8/8 reference solutions pass" in out and "checks/s" in out and "isolation complete" in out
+    assert main(["verify", "--suite", "seed"]) == 2
+    assert "--canonical" in capsys.readouterr().err
+
+
+def test_doctor_reports_complete_isolation(capsys):
+    assert main(["doctor"]) == 0
+    assert "Isolation: complete." in capsys.readouterr().out
+
+
+def test_a_missing_sandbox_layer_is_a_one_line_error(monkeypatch, capsys):
+    # The sandbox as it would be on a kernel without Landlock: the benchmark refuses, naming the flag.
+    from nanocodegen import verify_suite
+    from nanocodegen.verifier import CodeVerifier
+
+    weak = lambda workers, allow_weak_isolation=False: CodeVerifier(  # noqa: E731
+        workers, allow_weak_isolation=allow_weak_isolation, disable_layers=("landlock",))
+    monkeypatch.setattr(verify_suite, "CodeVerifier", weak)
+    assert main(["verify", "--suite", "seed", "--canonical", "--limit", "1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "fs_read_confined" in err and "--allow-weak-isolation" in err
+    assert main(["verify", "--suite", "seed", "--canonical", "--limit", "1", "--allow-weak-isolation"]) == 0
+    assert "INCOMPLETE, missing fs_read_confined" in capsys.readouterr().out
