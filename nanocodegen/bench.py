@@ -3,9 +3,11 @@
     nanocodegen bench                                  # seed + synthetic test split, shipped model
     nanocodegen bench --suite seed --max-attempts 3 --out runs/seed
     nanocodegen bench --tasks my_tasks.jsonl --checkpoint runs/train
+    nanocodegen bench --batch 16                       # 16 episodes at once (batch.py)
 
-Writes OUT/episodes.jsonl (one line per finished task, as it finishes) and OUT/results.json
-(config, provenance, every episode and the summary; rewritten as the run goes and at the end).
+Writes OUT/episodes.jsonl (one line per finished task, as it finishes), OUT/results.json (config,
+provenance, every episode in task order and the summary; rewritten as the run goes and at the end) and
+OUT/attempts.png (per-attempt latency and prefill tokens against context length; plots.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocodegen.agent import Agent
+from nanocodegen.batch import BatchedAgents
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
 from nanocodegen.metrics import summarize
@@ -31,7 +34,11 @@ from nanocodegen.tasks import Task, load_suite, read_tasks
 from nanocodegen.train import progress_bar
 
 DEFAULT_SUITES = ("seed", "synthetic")
-RESULTS_FILE, EPISODES_FILE = "results.json", "episodes.jsonl"
+RESULTS_FILE, EPISODES_FILE, PLOT_FILE = "results.json", "episodes.jsonl", "attempts.png"
+DEFAULT_BATCH = 1  # episodes at once; 1 is the sequential agent loop
+# Intra-op threads for the model. The default model's ops take microseconds: a second thread only adds
+# synchronisation (and, on a busy machine, waits for a core), and leaves no core for the sandbox.
+DEFAULT_THREADS = 1
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -108,21 +115,32 @@ def run_bench(
     out: str | None = None,
     device: str = "auto",
     console: Console | None = None,
+    batch: int = DEFAULT_BATCH,
+    threads: int = DEFAULT_THREADS,
 ) -> dict:
-    """Run every task through the agent; returns the results dict also written to OUT/results.json."""
+    """Run every task through the agent (`batch` episodes at once); returns the results dict also
+    written to OUT/results.json."""
+    from nanocodegen.plots import plot_attempts  # matplotlib: loaded only when a run needs it
     from nanocodegen.verifier import CodeVerifier
 
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
     console = console or Console(stderr=True)
+    torch.set_num_threads(threads)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     dev = pick_device(device)
     model, tok, ckpt_config = load_checkpoint(ckpt, dev)
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Verification overlaps generation only in batched runs; one sandbox worker per core at most.
+    verify_workers = 1 if batch == 1 else max(1, min(batch, os.cpu_count() or 1))
     results = {
         "status": "running",
         "config": {**asdict(agent_config), "checkpoint": str(ckpt), "device": str(dev), "out": str(out_dir),
-                   "tasks": len(tasks)},
+                   "tasks": len(tasks), "batch": batch, "threads": threads, "verify_workers": verify_workers},
         "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": checkpoint_sha256(ckpt),
                        "checkpoint_config": ckpt_config},
         "episodes": [],
@@ -132,34 +150,47 @@ def run_bench(
     episodes_path = (out_dir / EPISODES_FILE).open("w")
     t0 = time.perf_counter()
     last_write = 0.0
+    finished: dict[int, dict] = {}  # task index -> episode record, in the order episodes finish
 
     def finish(status: str) -> None:
         results["status"] = status
+        results["episodes"] = [finished[i] for i in sorted(finished)]
         wall = time.perf_counter() - t0
         results["summary"] = summarize(results["episodes"], agent_config.max_attempts, wall)
         results["summary"]["peak_rss_bytes"] = peak_rss_bytes()
         write_json(out_dir / RESULTS_FILE, results)
 
-    with CodeVerifier(workers=1) as verifier, progress_bar(console) as bar:
-        agent = Agent(model, tok, verifier, agent_config, feedback_budget)
+    with CodeVerifier(workers=verify_workers) as verifier, progress_bar(console) as bar:
         job = bar.add_task("bench", total=len(tasks), info="")
         solved = 0
+
+        def record_episode(index: int, episode) -> None:
+            nonlocal solved, last_write
+            record = asdict(episode)
+            record["suite"] = tasks[index][0]
+            finished[index] = record
+            episodes_path.write(json.dumps(record) + "\n")
+            episodes_path.flush()
+            solved += record["solved"]
+            bar.update(job, advance=1, info=f"solved {solved}/{len(finished)}")
+            if time.perf_counter() - last_write > 2.0:
+                finish("running")
+                last_write = time.perf_counter()
+
         try:
-            for suite, task in tasks:
-                record = asdict(agent.run(task))
-                record["suite"] = suite
-                results["episodes"].append(record)
-                episodes_path.write(json.dumps(record) + "\n")
-                episodes_path.flush()
-                solved += record["solved"]
-                bar.update(job, advance=1, info=f"solved {solved}/{len(results['episodes'])}")
-                if time.perf_counter() - last_write > 2.0:
-                    finish("running")
-                    last_write = time.perf_counter()
+            if batch == 1:
+                agent = Agent(model, tok, verifier, agent_config, feedback_budget)
+                for index, (_, task) in enumerate(tasks):
+                    record_episode(index, agent.run(task))
+            else:
+                runner = BatchedAgents(model, tok, verifier, agent_config, batch, feedback_budget,
+                                       verify_threads=verify_workers)
+                runner.run([task for _, task in tasks], record_episode)
         except KeyboardInterrupt:
             finish("interrupted")
             episodes_path.close()
             raise
     episodes_path.close()
     finish("complete")
+    plot_attempts(results["episodes"], agent_config.kv_cache, out_dir / PLOT_FILE)
     return results

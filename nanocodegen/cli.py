@@ -13,6 +13,7 @@ import sys
 
 from rich.console import Console
 
+from nanocodegen.bench import DEFAULT_BATCH, DEFAULT_THREADS
 from nanocodegen.config import MODEL_PRESETS, AgentConfig, ModelConfig, TrainConfig, add_dataclass_args, from_args
 
 
@@ -29,7 +30,8 @@ def _bench(args: argparse.Namespace) -> int:
         raise CliError("--max-attempts must be at least 1")
     tasks = collect_tasks(args.suite, args.tasks, args.limit)
     console = Console(stderr=True)
-    results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console)
+    results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console,
+                        batch=args.batch, threads=args.threads)
     print_summary(console, results)
     print(f"{results['config']['out']}/results.json")
     return 0
@@ -65,6 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
     bench.add_argument("--out", metavar="DIR", help="results folder (default: runs/bench-<timestamp>)")
     bench.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda", "mps"))
+    bench.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                       help=f"run N episodes at once, batching their decode steps (default: {DEFAULT_BATCH})")
+    bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                       help=f"torch intra-op threads for the model (default: {DEFAULT_THREADS})")
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
 
