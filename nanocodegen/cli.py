@@ -3,6 +3,7 @@
     nanocodegen bench [--suite NAME] [--tasks FILE.jsonl] [--limit N] [--max-attempts N] ...
     nanocodegen train [--preset default|smoke|sketch] [--max-steps N] [--out DIR] ...
     nanocodegen demo
+    nanocodegen export-hf DIR [--checkpoint PATH]
 """
 
 from __future__ import annotations
@@ -53,6 +54,17 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export_hf(args: argparse.Namespace) -> int:
+    from nanocodegen.export_hf import export_checkpoint
+
+    result = export_checkpoint(args.dir, args.checkpoint)
+    if result.dropped:
+        print(f"note: {', '.join(result.dropped)} (retry-step conditioning) has no GPT-2 counterpart and was left "
+              "out; the export equals this model at retry step 0", file=sys.stderr)
+    print(result.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanocodegen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -86,6 +98,11 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="the original sketch's demo, with the real pieces")
     demo.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
     demo.set_defaults(func=_demo)
+
+    export = sub.add_parser("export-hf", help="write the model as a Hugging Face GPT-2 folder, with its tokenizer")
+    export.add_argument("dir", metavar="DIR", help="folder to write (created if missing)")
+    export.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
+    export.set_defaults(func=_export_hf)
     return parser
 
 

@@ -280,7 +280,7 @@ class NanoCodeGenAgent(nn.Module):
         this model's size a token costs a few microseconds of arithmetic per op and far more in
         per-module Python dispatch, so the step avoids module calls, slicing and per-step allocations
         beyond the op outputs.
-        `retry_steps` (B,) adds each row's retry-step vector (models with retry conditioning).
+        `retry_steps` (B,) adds each row's retry-step vector (models with retry conditioning; 0: none).
         """
         B = tokens.size(0)
         if self.cache_batch_size != B:
@@ -288,8 +288,9 @@ class NanoCodeGenAgent(nn.Module):
         cfg = self.config
         H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
         x = F.embedding(tokens, self.token_embed.weight) + F.embedding(positions, self.pos_embed.weight)  # (B, C)
-        if retry_steps is not None:
-            x = x + F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
+        if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
+            step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
+            x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         n = self.max_seq_len if n_keys is None else n_keys
         mask = None
         if B > 1 or n_keys is None:  # row b sees keys 0 .. positions[b]; its stale tail is masked out
