@@ -6,19 +6,20 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
   1. attempts whose verification finished are recorded; a failed one extends its episode's context
      with the attempt and the verifier's feedback and becomes ready again, a finished episode hands its
      slot to the next task;
-  2. every ready slot prefills its prompt into its own cache row (with `--kv-cache prefix`, only the
-     tokens after the prefix its row already holds) and samples its first token;
-  3. one batched decode step advances every decoding slot by a token, each at its own position
-     (`NanoCodeGenAgent.decode_step`); a slot whose attempt ends (stop token or token budget) hands its
-     program to a verifier thread and keeps its row while it waits.
+  2. one model step (`NanoCodeGenAgent.forward_rows`) takes, packed into one sequence, the prompt of
+     every attempt starting (with `--kv-cache prefix`, only the tokens after the prefix its row already
+     holds) and the last token of every attempt decoding; the linear layers run once over them all and
+     each row attends to exactly its own cached positions (prefill and decode in one step, as vLLM's
+     chunked prefill does). Each row samples its next token; an attempt that ends (stop token or token
+     budget) hands its program to a verifier thread and keeps its row while it waits.
 Verification runs in threads (the sandbox does the work in other processes), so checking one episode's
-program overlaps the generation of the others. Rows that are not decoding ride along in the step: their
-output is discarded and their write lands past the content they keep, where nothing reads it.
+program overlaps the generation of the others.
 
 Records are the sequential agent's (`agent.py` helpers): under greedy decoding the same tokens, codes,
-outcomes and token counts; only times differ. Per attempt, `prefill_ms` is the row's own prefill,
-`ttft_ms` runs from the attempt being ready to its first token, `decode_ms` from the first token to the
-last (steps are shared, so this is the latency the episode saw), `verify_ms` the verifier call itself.
+outcomes and token counts; only times differ. Per attempt, `prefill_ms` is the step that computed the
+attempt's prompt (shared with other rows' tokens), `ttft_ms` runs from the attempt being ready to its
+first token, `decode_ms` from the first token to the last (steps are shared, so this is the latency the
+episode saw), `verify_ms` is the verifier call itself.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from nanocodegen.agent import (
     overflow_record,
 )
 from nanocodegen.config import AgentConfig
-from nanocodegen.generate import Generation, PrefixCache, prefill, sample
+from nanocodegen.generate import Generation, PrefixCache, sample
 from nanocodegen.model import NanoCodeGenAgent
 from nanocodegen.prompt import task_ids
 from nanocodegen.records import EpisodeRecord, Outcome, Verdict
@@ -81,8 +82,23 @@ def _timed_verify(verifier, code: str, expected: str, timeout_ms: int) -> tuple[
     return verdict, (time.perf_counter() - t0) * 1e3
 
 
+@dataclass
+class BatchStats:
+    """Where a batched run's main thread spent its time (seconds), and how full its steps were."""
+
+    steps: int = 0
+    step_s: float = 0.0  # in model steps (prefills and decodes together)
+    prefills: int = 0  # attempts started, summed over steps
+    decoding_rows: int = 0  # decode tokens, summed over steps
+    waiting_s: float = 0.0  # nothing to generate: every live episode was being verified
+
+    def as_dict(self) -> dict:
+        mean = self.decoding_rows / self.steps if self.steps else 0.0
+        return {**self.__dict__, "mean_decoding_rows": mean}
+
+
 class BatchedAgents:
-    """Runs episodes `batch_size` at a time; `run` returns them in task order."""
+    """Runs episodes `batch_size` at a time; `run` returns them in task order and leaves `stats`."""
 
     def __init__(
         self,
@@ -100,6 +116,7 @@ class BatchedAgents:
         self.config = cfg = config or AgentConfig()
         self.batch_size, self.feedback_budget, self.verify_threads = batch_size, feedback_budget, verify_threads
         self.device = next(model.parameters()).device
+        self.stats = BatchStats()
         self.retry_conditioned = model.feedback_embed is not None
         if cfg.kv_cache == "prefix" and self.retry_conditioned:
             raise ValueError(
@@ -114,6 +131,7 @@ class BatchedAgents:
         """Run every task; `on_episode(index, record)` is called as each episode finishes."""
         pending = deque(enumerate(tasks))
         done: dict[int, EpisodeRecord] = {}
+        self.stats = stats = BatchStats()
         slots = [_Slot(row) for row in range(min(self.batch_size, len(pending)))]
         if not slots:
             return []
@@ -136,17 +154,21 @@ class BatchedAgents:
                         if self._judge(slot):
                             finished(slot)
                 for slot in slots:
-                    if slot.state == READY:
-                        if not self._fits(slot):
-                            slot.episode.attempts.append(overflow_record(slot.attempt, len(slot.context)))
-                            finished(slot)
-                        else:
-                            self._prefill(slot, pool)
+                    if slot.state == READY and not self._fits(slot):
+                        slot.episode.attempts.append(overflow_record(slot.attempt, len(slot.context)))
+                        finished(slot)
+                starting = [s for s in slots if s.state == READY and self._fits(s)]
                 decoding = [s for s in slots if s.state == DECODING]
-                if decoding:
-                    self._decode_step(slots, decoding, pool)
-                elif all(s.state in (VERIFYING, IDLE) for s in slots) and any(s.state == VERIFYING for s in slots):
+                t0 = time.perf_counter()
+                if starting or decoding:
+                    self._step(starting, decoding, pool)
+                    stats.steps += 1
+                    stats.step_s += time.perf_counter() - t0
+                    stats.prefills += len(starting)
+                    stats.decoding_rows += len(decoding)
+                elif any(s.state == VERIFYING for s in slots):
                     wait([s.future for s in slots if s.state == VERIFYING], return_when=FIRST_COMPLETED)
+                    stats.waiting_s += time.perf_counter() - t0
         return [done[i] for i in sorted(done)]
 
     # --- one episode's life ------------------------------------------------------------------------
@@ -172,22 +194,18 @@ class BatchedAgents:
     def _fits(self, slot: _Slot) -> bool:
         return len(slot.context) + self.config.max_new_tokens <= self.model.max_seq_len
 
-    def _prefill(self, slot: _Slot, pool: ThreadPoolExecutor) -> None:
-        cfg, model = self.config, self.model
+    def _begin(self, slot: _Slot) -> tuple[int, list[int]]:
+        """Start an attempt: (positions reused from the row's cache, prompt tokens left to compute)."""
         T = len(slot.context)
-        slot.budget = min(cfg.max_new_tokens, model.max_seq_len - T)
-        step = slot.attempt - 1 if self.retry_conditioned else 0
-        cached = slot.prefix.reusable(slot.context) if cfg.kv_cache == "prefix" else 0
-        ids = torch.tensor([slot.context[cached:]], device=self.device)
-        t0 = time.perf_counter()
-        if cfg.kv_cache == "none":
-            logits = model(ids, retry_step=step)[0][:, -1]
-        else:
-            logits = prefill(model, ids, cached, step, cache_row=slot.row)
-        token = self._sample(logits, slot)
+        slot.budget = min(self.config.max_new_tokens, self.model.max_seq_len - T)
+        cached = slot.prefix.reusable(slot.context) if self.config.kv_cache == "prefix" else 0
+        slot.gen = Generation(torch.empty(0), 0.0, 0.0, 0.0, prefill_tokens=T - cached, cached_tokens=cached)
+        return cached, slot.context[cached:]
+
+    def _started(self, slot: _Slot, token: int, t0: float, pool: ThreadPoolExecutor) -> None:
         slot.t_first = time.perf_counter()
-        slot.gen = Generation(torch.empty(0), (slot.t_first - t0) * 1e3, 0.0, (slot.t_first - slot.t_ready) * 1e3,
-                              prefill_tokens=T - cached, cached_tokens=cached)
+        slot.gen.prefill_ms = (slot.t_first - t0) * 1e3
+        slot.gen.ttft_ms = (slot.t_first - slot.t_ready) * 1e3
         slot.state = DECODING
         self._append(slot, token, pool)
 
@@ -221,52 +239,58 @@ class BatchedAgents:
         return False
 
     # --- the batched step ---------------------------------------------------------------------------
-    def _decode_step(self, slots: list[_Slot], decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
+    def _step(self, starting: list[_Slot], decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
+        """One model step: the prompts of the attempts starting and the next token of those decoding."""
+        t0 = time.perf_counter()
         if self.config.kv_cache == "none":
-            logits = self._uncached_logits(decoding)
-            rows = range(len(decoding))
+            logits = self._uncached_logits(starting, decoding)
         else:
-            logits = self._cached_logits(slots, decoding)
-            rows = [s.row for s in decoding]
+            logits = self._cached_logits(starting, decoding)
+        rows = starting + decoding
         if self.config.temperature > 0:
-            tokens = [self._sample(logits[r : r + 1], s) for r, s in zip(rows, decoding, strict=True)]
+            tokens = [self._sample(logits[i : i + 1], s) for i, s in enumerate(rows)]
         else:
-            picked = logits.argmax(dim=-1).tolist()
-            tokens = [picked[r] for r in rows]
-        for slot, token in zip(decoding, tokens, strict=True):
+            tokens = logits.argmax(dim=-1).tolist()
+        for slot, token in zip(starting, tokens, strict=False):
+            self._started(slot, token, t0, pool)
+        for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
             self._append(slot, token, pool)
 
-    def _cached_logits(self, slots: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
-        """(n_slots, vocab) logits: every row steps; only the decoding rows' logits are used."""
-        last = self.model.max_seq_len - 1
-        tokens, positions = [0] * len(slots), [0] * len(slots)
-        for s in slots:
-            if s.state == DECODING:
-                tokens[s.row], positions[s.row] = s.tokens[-1], len(s.context) + len(s.tokens) - 1
-            else:  # a write past what the row keeps (its cached prefix, in prefix mode), never read
-                positions[s.row] = min(len(s.prefix.tokens), last)
-        n_keys = max(positions[s.row] for s in decoding) + 1
-        steps = None
-        if self.retry_conditioned:
-            steps = torch.tensor([max(s.attempt - 1, 0) for s in slots], device=self.device)
-        return self.model.decode_step(torch.tensor(tokens, device=self.device),
-                                      torch.tensor(positions, device=self.device), n_keys, steps)
+    def _cached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
+        """(rows, vocab) logits from one packed forward; each row reads and writes only its own cache row."""
+        ids, starts, counts = [], [], []
+        for slot in starting:
+            cached, todo = self._begin(slot)
+            ids += todo
+            starts.append(cached)
+            counts.append(len(todo))
+        for slot in decoding:
+            ids.append(slot.tokens[-1])
+            starts.append(len(slot.context) + len(slot.tokens) - 1)
+            counts.append(1)
+        rows = starting + decoding
+        steps = [s.attempt - 1 for s in rows] if self.retry_conditioned else None
+        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in rows], starts,
+                                       counts, steps)
 
-    def _uncached_logits(self, decoding: list[_Slot]) -> torch.Tensor:
-        """Cache mode "none": each decoding row's whole context, right-padded, recomputed in one forward.
-        Causal attention keeps padding (after each row's tokens) from reaching the positions read."""
-        seqs = [s.context + s.tokens for s in decoding]
+    def _uncached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
+        """Cache mode "none": each row's whole context, right-padded, recomputed in one forward. Causal
+        attention keeps padding (after each row's tokens) from reaching the positions read."""
+        for slot in starting:
+            self._begin(slot)
+        rows = starting + decoding
+        seqs = [s.context + s.tokens for s in rows]
         longest = max(map(len, seqs))
         ids = torch.tensor([q + [self.tok.pad_id] * (longest - len(q)) for q in seqs], device=self.device)
         last = torch.tensor([len(q) - 1 for q in seqs], device=self.device)
         if self.retry_conditioned:  # one retry step per forward: group rows by it
             out = torch.empty(len(seqs), self.model.vocab_size, device=self.device)
-            for step in {s.attempt - 1 for s in decoding}:
-                idx = [i for i, s in enumerate(decoding) if s.attempt - 1 == step]
+            for step in {s.attempt - 1 for s in rows}:
+                idx = [i for i, s in enumerate(rows) if s.attempt - 1 == step]
                 logits = self.model(ids[idx], retry_step=step)[0]
                 out[idx] = logits[torch.arange(len(idx)), last[idx]]
             return out
-        logits = self.model(ids)[0]  # (n, longest, vocab)
+        logits = self.model(ids)[0]  # (rows, longest, vocab)
         return logits[torch.arange(len(seqs), device=self.device), last]
 
     def _sample(self, logits: torch.Tensor, slot: _Slot) -> int:

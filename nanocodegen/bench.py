@@ -28,6 +28,7 @@ from nanocodegen.agent import Agent
 from nanocodegen.batch import BatchedAgents
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
+from nanocodegen.generate import compile_decode
 from nanocodegen.metrics import summarize
 from nanocodegen.provenance import provenance
 from nanocodegen.tasks import Task, load_suite, read_tasks
@@ -117,6 +118,7 @@ def run_bench(
     console: Console | None = None,
     batch: int = DEFAULT_BATCH,
     threads: int = DEFAULT_THREADS,
+    compile: bool = False,
 ) -> dict:
     """Run every task through the agent (`batch` episodes at once); returns the results dict also
     written to OUT/results.json."""
@@ -132,6 +134,8 @@ def run_bench(
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     dev = pick_device(device)
     model, tok, ckpt_config = load_checkpoint(ckpt, dev)
+    if compile:
+        compile_decode(model)
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -140,7 +144,8 @@ def run_bench(
     results = {
         "status": "running",
         "config": {**asdict(agent_config), "checkpoint": str(ckpt), "device": str(dev), "out": str(out_dir),
-                   "tasks": len(tasks), "batch": batch, "threads": threads, "verify_workers": verify_workers},
+                   "tasks": len(tasks), "batch": batch, "threads": threads, "verify_workers": verify_workers,
+                   "compile": compile},
         "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": checkpoint_sha256(ckpt),
                        "checkpoint_config": ckpt_config},
         "episodes": [],
@@ -186,6 +191,7 @@ def run_bench(
                 runner = BatchedAgents(model, tok, verifier, agent_config, batch, feedback_budget,
                                        verify_threads=verify_workers)
                 runner.run([task for _, task in tasks], record_episode)
+                results["batch_stats"] = runner.stats.as_dict()
         except KeyboardInterrupt:
             finish("interrupted")
             episodes_path.close()

@@ -271,7 +271,7 @@ class NanoCodeGenAgent(nn.Module):
     ) -> torch.Tensor:
         """One new token per cached sequence, each at its own position: (B,) ids at (B,) positions ->
         (B, vocab) next-token logits. Needs `setup_kv_cache(B)`; row b's keys/values are written at
-        positions[b] and it attends to its positions 0 .. positions[b].
+        positions[b] and it attends to its positions 0 .. positions[b], in one attention call for all rows.
         `n_keys` bounds the keys attended to, so a step over short contexts does not pay for the whole
         buffer: at least max(positions) + 1 (default max_seq_len); with one row it must be exactly
         positions[0] + 1, so that every key is visible and no mask is needed.
@@ -279,37 +279,94 @@ class NanoCodeGenAgent(nn.Module):
         The same arithmetic as `forward(start_pos=...)` with T == 1, written as plain tensor ops: at
         this model's size a token costs a few microseconds of arithmetic per op and far more in
         per-module Python dispatch, so the step avoids module calls, slicing and per-step allocations
-        beyond the op outputs.
-        `retry_steps` (B,) adds each row's retry-step vector (models with retry conditioning; 0: none).
+        beyond the op outputs. `retry_steps` (B,) adds each row's retry-step vector (models with retry
+        conditioning; 0: none).
         """
         B = tokens.size(0)
         if self.cache_batch_size != B:
             raise RuntimeError(f"call setup_kv_cache({B}) before decode_step with {B} sequences")
-        cfg = self.config
-        H, D, C = cfg.n_heads, cfg.head_dim, cfg.d_model
-        x = F.embedding(tokens, self.token_embed.weight) + F.embedding(positions, self.pos_embed.weight)  # (B, C)
-        if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
-            step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
-            x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         n = self.max_seq_len if n_keys is None else n_keys
         mask = None
         if B > 1 or n_keys is None:  # row b sees keys 0 .. positions[b]; its stale tail is masked out
             mask = (self._key_positions[:n] <= positions[:, None]).view(B, 1, 1, n)  # (B, 1, 1, n)
         write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (B, H, 1, D) -> (B, H, 1, D)
+            return F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], attn_mask=mask)
+
+        return self._decode_layers(tokens, positions, write_index, attend, retry_steps)
+
+    def forward_rows(
+        self,
+        tokens: torch.Tensor,
+        rows: list[int],
+        starts: list[int],
+        counts: list[int],
+        retry_steps: list[int] | None = None,
+    ) -> torch.Tensor:
+        """New tokens for some rows of the cache, packed into one sequence: row rows[i] gets counts[i]
+        tokens at positions starts[i] .. starts[i] + counts[i] - 1, taken in order from the (N,) `tokens`
+        (N = sum(counts)). Returns (R, vocab) logits of each row's last new token. Rows not named are
+        neither computed nor written.
+
+        A prompt (count > 1, a prefill) and a decode token (count 1) go through the same step: the
+        linear layers run once over all N tokens, and each row attends to exactly its own cached
+        positions, one attention call per row. A single call over all rows would read every row's keys
+        up to the longest context, several times the keys needed when episodes sit at different
+        attempts; at these sizes reading the cache, not arithmetic, is what attention costs.
+        `retry_steps[i]` is row i's retry step (models with retry conditioning).
+        """
+        device = tokens.device
+        pos_list = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+        slot_list = [r for r, c in zip(rows, counts, strict=True) for _ in range(c)]
+        pos = torch.tensor(pos_list, device=device)  # (N,)
+        write_index = (self._row_offsets[:, torch.tensor(slot_list, device=device)] + pos[:, None]).view(-1)
+        steps = None
+        if retry_steps is not None:
+            steps = torch.tensor([k for k, c in zip(retry_steps, counts, strict=True) for _ in range(c)],
+                                 device=device)
+        ends = [sum(counts[: i + 1]) for i in range(len(counts))]
+        H, D = self.config.n_heads, self.config.head_dim
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
+            out = []
+            for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
+                k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)
+                if c == 1:  # one query at the end sees every key
+                    out.append(F.scaled_dot_product_attention(q[end - 1 : end], k, v))
+                else:  # query t sits at position s + t and sees keys 0 .. s + t
+                    mask = torch.ones(c, s + c, dtype=torch.bool, device=device).tril(s)
+                    qr = q[end - c : end].view(c, H, D).transpose(0, 1).unsqueeze(0)  # (1, H, c, D)
+                    y = F.scaled_dot_product_attention(qr, k, v, attn_mask=mask)  # (1, H, c, D)
+                    out.append(y[0].transpose(0, 1).unsqueeze(2))  # (c, H, 1, D)
+            return torch.cat(out) if len(out) > 1 else out[0]
+
+        last = torch.tensor([end - 1 for end in ends], device=device)
+        return self._decode_layers(tokens, pos, write_index, attend, steps, last)
+
+    def _decode_layers(self, tokens, positions, write_index, attend, retry_steps, last=None) -> torch.Tensor:
+        """The layers of a cached step over (B,) tokens, one position each; `attend(q, kv_buffer)` is the
+        attention over the cache. Returns the logits of every token, or of the tokens at `last` (R,)."""
+        cfg = self.config
+        B, H, D, C = tokens.size(0), cfg.n_heads, cfg.head_dim, cfg.d_model
+        x = F.embedding(tokens, self.token_embed.weight) + F.embedding(positions, self.pos_embed.weight)  # (B, C)
+        if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
+            step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
+            x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         for block in self.layers:
             attn, cache = block.attn, block.attn.kv_cache
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
             qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(B, 3, H, D)
             cache.write_rows(write_index, qkv[:, 1:].transpose(0, 1))  # this token's keys and values
-            q = qkv[:, 0].unsqueeze(2)  # (B, H, 1, D)
-            k, v = cache.k[:, :, :n], cache.v[:, :, :n]  # (B, H, n, D) views
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # (B, H, 1, D)
+            y = attend(qkv[:, 0].unsqueeze(2), cache.kv)  # (B, H, 1, D)
             x = x + F.linear(y.view(B, C), attn.proj.weight, attn.proj.bias)
             fc, proj = block.mlp[0], block.mlp[2]
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
             x = x + F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+        if last is not None:
+            x = x[last]  # (R, C)
         x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
-        return F.linear(x, self.lm_head.weight)  # (B, vocab)
+        return F.linear(x, self.lm_head.weight)  # (B or R, vocab)
 
     def forward_with_timing(self, input_ids: torch.Tensor, max_retries: int = 5, new_tokens: int = 16) -> dict:
         """The sketch's timing API, measured for real: each attempt greedily generates `new_tokens`

@@ -11,6 +11,7 @@ attempt, prefill grows with the context; with prefix reuse it stays at the few t
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 
 import matplotlib
 
@@ -53,15 +54,28 @@ def plot_attempts(episodes: list[dict], kv_cache: str, path: str | Path) -> Path
 
 
 def plot_modes(by_mode: dict[str, list[dict]], path: str | Path, title: str = "") -> Path:
-    """The cache modes on one chart, one colour each; `by_mode` maps a mode to its episodes."""
+    """The cache modes on one chart, one colour each: every attempt as a faint point, and a line through
+    the medians of each attempt number (1st, 2nd, ... attempt of the episodes). `by_mode` maps a mode
+    to its episodes."""
     fig, lat, pre = _panels(title or "what a retry costs, by KV-cache mode")
+    styles = {"none": ":", "attempt": "--", "prefix": "-"}  # none and attempt prefill the same tokens
     for mode, episodes in by_mode.items():
-        attempts = sorted(_generated(episodes), key=lambda a: a["context_tokens"])
-        x = [a["context_tokens"] for a in attempts]
+        attempts = _generated(episodes)
         colour = MODE_COLORS.get(mode)
-        lat.plot(x, [a["prefill_ms"] + a["decode_ms"] for a in attempts], "o-", ms=3, color=colour, label=mode)
-        pre.plot(x, [a["prefill_tokens"] for a in attempts], "o-", ms=3, color=colour, label=mode)
+        latency = lambda a: a["prefill_ms"] + a["decode_ms"]
+        lat.scatter([a["context_tokens"] for a in attempts], [latency(a) for a in attempts], s=6, alpha=0.25,
+                    color=colour)
+        by_number: dict[int, list[dict]] = {}
+        for a in attempts:
+            by_number.setdefault(a["attempt"], []).append(a)
+        numbers = sorted(by_number)
+        x = [median(a["context_tokens"] for a in by_number[k]) for k in numbers]
+        lat.plot(x, [median(latency(a) for a in by_number[k]) for k in numbers], "o" + styles.get(mode, "-"),
+                 ms=4, color=colour, label=mode)
+        pre.plot(x, [median(a["prefill_tokens"] for a in by_number[k]) for k in numbers],
+                 "o" + styles.get(mode, "-"), ms=4, color=colour, label=mode)
     lat.legend(title="--kv-cache")
+    pre.legend(title="--kv-cache")
     return _save(fig, path)
 
 

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanocodegen.generate import PrefixCache, generate, sample
+from nanocodegen.generate import PrefixCache, compile_decode, generate, sample
 from nanocodegen.model import NanoCodeGenAgent
 
 
@@ -79,3 +79,13 @@ def test_batched_rows_stop_independently(tiny_model):
     for row, tokens in zip(out, free, strict=True):
         n = tokens.index(stop) + 1 if stop in tokens else len(tokens)
         assert row[:n] == tokens[:n] and all(t == stop for t in row[n:])
+
+
+def test_compiled_decode_generates_the_same_tokens(tiny_model):
+    prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(6))
+    reference = generate(tiny_model, prompt, 20).tokens
+    compile_decode(tiny_model)
+    try:
+        assert torch.equal(generate(tiny_model, prompt, 20).tokens, reference)
+    finally:
+        del tiny_model.decode_step
