@@ -17,6 +17,8 @@ What it measures, each as the median over `--repeats` rounds that alternate ours
               context length (drawn to OUT.png, the three modes on one chart).
   floor       the memory-bandwidth floor of batch-1 decode: bytes read per token (weights + the KV cache
               of the context) over the single-thread copy bandwidth measured here.
+  batch curve `nanocodegen bench --suite synthetic --batch N` for each N of --batch-curve: tasks/s, and
+              its ratio to N = 1 (the sequential agent loop); outputs must equal the sequential run's.
 Prints a table and writes the JSON (top-level keys `ours_decode_tok_s`, `hf_decode_tok_s`, `ratio`).
 Both engines run with the same torch thread count (--threads, default 1).
 """
@@ -183,6 +185,29 @@ def episodes_by_mode(model, tok, budget: int, n_tasks: int, max_attempts: int) -
                          for m, eps in results.items()}}
 
 
+def batch_curve(sizes: list[int], suite: str, threads: int, console: Console) -> dict:
+    """tasks/s of the real benchmark (`run_bench`) at each batch size, and whether every N produced the
+    sequential run's codes."""
+    from nanocodegen.bench import collect_tasks, run_bench
+
+    tasks = collect_tasks([suite], None, None)
+    curve, reference = {}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        for n in sizes:
+            console.print(f"bench --batch {n} ({len(tasks)} tasks) ...")
+            r = run_bench(tasks, AgentConfig(), out=f"{tmp}/batch-{n}", console=Console(stderr=True, quiet=True),
+                          batch=n, threads=threads)
+            codes = [[a["code"] for a in e["attempts"]] for e in r["episodes"]]
+            reference = reference if reference is not None else codes
+            curve[str(n)] = {"tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
+                             "solved": r["summary"]["solved"], "attempts": r["summary"]["attempts"],
+                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats")}
+    base = curve[str(sizes[0])]["tasks_per_s"]
+    for point in curve.values():
+        point["speedup"] = point["tasks_per_s"] / base
+    return {"suite": suite, "tasks": len(tasks), "by_batch": curve}
+
+
 def bench_model(name: str, model, tok, args, console: Console, prompts: list[list[int]]) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         hf = load_hf(model, tok, Path(tmp))
@@ -256,6 +281,15 @@ def print_tables(console: Console, results: dict) -> None:
                       f"{m['prefill_tokens']:,} / {m['cached_tokens']:,}")
         console.print(t)
         console.print(f"  same codes in every mode: {e['same_codes_in_every_mode']}")
+    c = results.get("batch_curve")
+    if c:
+        t = Table(title=f"nanocodegen bench --suite {c['suite']} --batch N ({c['tasks']} tasks)")
+        for col in ("N", "tasks/s", "x N=1", "wall s", "solved", "same codes"):
+            t.add_column(col, justify="right")
+        for n, p in c["by_batch"].items():
+            t.add_row(n, f"{p['tasks_per_s']:.1f}", f"{p['speedup']:.2f}x", f"{p['wall_s']:.1f}", str(p["solved"]),
+                      str(p["same_codes_as_first"]))
+        console.print(t)
 
 
 def main() -> None:
@@ -272,9 +306,12 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help=f"also a random-weight model {LARGE}")
     parser.add_argument("--large-new-tokens", type=int, default=32)
     parser.add_argument("--compile", action="store_true", help="also our decode step under torch.compile")
+    parser.add_argument("--batch-curve", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64], metavar="N",
+                        help="batch sizes for the bench curve (the first is the baseline; none: skip)")
+    parser.add_argument("--curve-suite", default="synthetic", help="suite the curve runs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=130)
     ckpt = Path(args.checkpoint) if args.checkpoint else default_checkpoint()
     model, tok, ckpt_config = load_checkpoint(ckpt)
     load_before = os.getloadavg()
@@ -296,6 +333,8 @@ def main() -> None:
                        title=f"agent episodes on {args.episode_tasks} unsolvable tasks, by KV-cache mode")
     results["episodes"] = episodes
     results["chart"] = str(chart)
+    if args.batch_curve:
+        results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     d = results["models"]["default"]["decode_batch_1"]
     results["ours_decode_tok_s"] = d["ours"]["wall_tok_s"]
