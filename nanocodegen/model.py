@@ -196,6 +196,7 @@ class NanoCodeGenAgent(nn.Module):
             and self.cache_batch_size == batch_size
             and first.kv.is_inference() == torch.is_inference_mode_enabled()
         ):
+            self._pack_decode_weights()  # weights may have changed since the cache was installed
             return
         ref = self.token_embed.weight
         cfg = self.config
@@ -204,10 +205,25 @@ class NanoCodeGenAgent(nn.Module):
                 batch_size, self.max_seq_len, cfg.n_heads, cfg.head_dim, dtype or ref.dtype, ref.device,
             )
         self.cache_batch_size = batch_size
+        self._pack_decode_weights()
         # Constants of the decode step: key positions, and each (k/v, row, head)'s offset in the flat buffer.
         self._key_positions = torch.arange(self.max_seq_len, device=ref.device)  # (L,)
         rows = torch.arange(2 * batch_size * cfg.n_heads, device=ref.device)
         self._row_offsets = (rows * self.max_seq_len).view(2, batch_size, cfg.n_heads)  # (2, B, n_heads)
+
+    def _pack_decode_weights(self) -> None:
+        """(in, out) copies of the linear layers' weights for the cached steps, made again whenever a
+        weight has changed (its storage or version counter). A one-token matrix-vector product streams
+        the weight from memory; laid out (in, out), as GPT-2's Conv1D keeps it, it streams ~1.4x faster
+        here than nn.Linear's (out, in). Costs one more copy of the linear weights."""
+        weights = [w for b in self.layers for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp[0].weight,
+                                                      b.mlp[2].weight)] + [self.lm_head.weight]
+        key = [(w.data_ptr(), w._version) for w in weights]
+        if key != getattr(self, "_packed_key", None):
+            with torch.no_grad():
+                packed = [w.t().contiguous() for w in weights]
+            self._packed = [packed[i : i + 4] for i in range(0, len(packed) - 1, 4)], packed[-1]
+            self._packed_key = key
 
     def clear_kv_cache(self) -> None:
         for block in self.layers:
@@ -353,20 +369,20 @@ class NanoCodeGenAgent(nn.Module):
         if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
             step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
             x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
-        for block in self.layers:
+        layer_weights, head_weight = self._packed  # (in, out) copies, see _pack_decode_weights
+        for block, (w_qkv, w_proj, w_fc, w_out) in zip(self.layers, layer_weights, strict=True):
             attn, cache = block.attn, block.attn.kv_cache
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            qkv = F.linear(h, attn.qkv.weight, attn.qkv.bias).view(B, 3, H, D)
+            qkv = torch.addmm(attn.qkv.bias, h, w_qkv).view(B, 3, H, D)
             cache.write_rows(write_index, qkv[:, 1:].transpose(0, 1))  # this token's keys and values
             y = attend(qkv[:, 0].unsqueeze(2), cache.kv)  # (B, H, 1, D)
-            x = x + F.linear(y.view(B, C), attn.proj.weight, attn.proj.bias)
-            fc, proj = block.mlp[0], block.mlp[2]
+            x = x + torch.addmm(attn.proj.bias, y.view(B, C), w_proj)
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
-            x = x + F.linear(F.gelu(F.linear(h, fc.weight, fc.bias)), proj.weight, proj.bias)
+            x = x + torch.addmm(block.mlp[2].bias, F.gelu(torch.addmm(block.mlp[0].bias, h, w_fc)), w_out)
         if last is not None:
             x = x[last]  # (R, C)
         x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
-        return F.linear(x, self.lm_head.weight)  # (B or R, vocab)
+        return x @ head_weight  # (B or R, vocab)
 
     def forward_with_timing(self, input_ids: torch.Tensor, max_retries: int = 5, new_tokens: int = 16) -> dict:
         """The sketch's timing API, measured for real: each attempt greedily generates `new_tokens`

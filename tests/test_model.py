@@ -113,3 +113,15 @@ def test_cache_row_needs_a_single_sequence(tiny_model):
     tiny_model.setup_kv_cache(2)
     with pytest.raises(RuntimeError, match="cache_row"):
         tiny_model(torch.zeros(2, 3, dtype=torch.long), start_pos=0, cache_row=0)
+
+
+def test_decode_path_follows_weight_changes(tiny_model):
+    # the decode step reads (in, out) copies of the linear weights; changed weights must be re-copied
+    x = torch.randint(0, 97, (1, 6))
+    tiny_model.setup_kv_cache(1)
+    with torch.no_grad():
+        tiny_model.layers[0].mlp[0].weight.mul_(2)
+    tiny_model.setup_kv_cache(1)
+    tiny_model(x[:, :5], start_pos=0)
+    step = tiny_model.decode_step(x[:, 5], torch.tensor([5]), 6)
+    assert torch.allclose(step[0], tiny_model(x)[0][0, -1], atol=1e-5)
