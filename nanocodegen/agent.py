@@ -3,11 +3,16 @@
 Context policy: an attempt starts only if its prompt leaves room for `max_new_tokens` more tokens
 within the model's `max_seq_len`. When it does not, the episode stops with a final attempt record
 whose outcome is `context_overflow` (nothing is generated for it).
+
+Sampling (temperature > 0) draws from a generator seeded per episode from the run's seed and the task
+id, so a task's attempts do not depend on which tasks ran before it (or beside it, in `batch.py`).
+The helpers below the class are shared with the batched runner, so both keep the same records.
 """
 
 from __future__ import annotations
 
 import time
+import zlib
 from collections.abc import Callable
 
 import torch
@@ -54,16 +59,14 @@ class Agent:
     def _run(self, task: Task) -> EpisodeRecord:
         cfg, tok = self.config, self.tok
         t_start = time.perf_counter()
-        episode = EpisodeRecord(
-            id=task.id, prompt=task.prompt, expected=task.expected, solved=False,
-            family=task.family, tier=task.tier, held_out=task.held_out,
-        )
+        episode = new_episode(task)
         first_prompt = task_ids(tok, task.prompt)
         context = list(first_prompt)
         prefix_cache = PrefixCache() if cfg.kv_cache == "prefix" else None
+        self.generator.manual_seed(episode_seed(cfg.seed, task.id))
         for attempt in range(1, cfg.max_attempts + 1):
             if len(context) + cfg.max_new_tokens > self.model.max_seq_len:
-                episode.attempts.append(self._overflow_record(attempt, len(context)))
+                episode.attempts.append(overflow_record(attempt, len(context)))
                 break
             gen = self.generate_attempt(context, attempt, prefix_cache)
             ids = gen.tokens[0].tolist()
@@ -73,37 +76,14 @@ class Agent:
             # by their expected output.
             verdict: Verdict = verify_task(self.verifier, task, code, cfg.timeout_ms)
             verify_ms = (time.perf_counter() - t0) * 1e3
-            solved = verdict.outcome is Outcome.CORRECT
-            feedback = "" if solved else format_feedback(verdict)
-            episode.attempts.append(
-                AttemptRecord(
-                    attempt=attempt,
-                    context_tokens=len(context),
-                    new_tokens=len(ids),
-                    prefill_tokens=gen.prefill_tokens,
-                    cached_tokens=gen.cached_tokens,
-                    prefill_ms=gen.prefill_ms,
-                    decode_ms=gen.decode_ms,
-                    ttft_ms=gen.ttft_ms,
-                    verify_ms=verify_ms,
-                    outcome=verdict.outcome.value,
-                    kv_cache_bytes=self.kv_cache_bytes(len(context) + len(ids) - 1),
-                    code=code,
-                    output=verdict.output,
-                    feedback=feedback,
-                )
-            )
-            if solved:
+            record = attempt_record(attempt, context, ids, code, gen, verdict, verify_ms,
+                                    self.kv_cache_bytes(len(context) + len(ids) - 1))
+            episode.attempts.append(record)
+            if verdict.outcome is Outcome.CORRECT:
                 episode.solved, episode.attempts_to_correct = True, attempt
                 break
-            if cfg.withhold_feedback:
-                context = list(first_prompt)  # ablation: independent resampling of the bare task
-            else:
-                context = context + retry_ids(tok, ids, feedback, self.feedback_budget)
-        episode.total_prompt_tokens = sum(a.context_tokens for a in episode.attempts)
-        episode.total_new_tokens = sum(a.new_tokens for a in episode.attempts)
-        episode.wall_ms = (time.perf_counter() - t_start) * 1e3
-        return episode
+            context = next_context(cfg, tok, first_prompt, context, ids, record.feedback, self.feedback_budget)
+        return finish_episode(episode, t_start)
 
     def generate_attempt(self, context: list[int], attempt: int, prefix_cache: PrefixCache | None) -> Generation:
         """One attempt's tokens for this context. Tests override this with a scripted stand-in."""
@@ -127,10 +107,64 @@ class Agent:
         """Bytes of keys and values the cache holds for `length` positions (0 without a cache)."""
         return self.model.kv_cache_bytes(length) if self.config.kv_cache != "none" else 0
 
-    @staticmethod
-    def _overflow_record(attempt: int, context_tokens: int) -> AttemptRecord:
-        return AttemptRecord(
-            attempt=attempt, context_tokens=context_tokens, new_tokens=0, prefill_tokens=0, cached_tokens=0,
-            prefill_ms=0.0, decode_ms=0.0, ttft_ms=0.0, verify_ms=0.0,
-            outcome=Outcome.CONTEXT_OVERFLOW.value, kv_cache_bytes=0, code="", output=None, feedback="",
-        )
+
+
+def episode_seed(seed: int, task_id: str) -> int:
+    """The sampling seed of one episode: stable across runs, processes and run order."""
+    return (seed * 1_000_003 + zlib.crc32(task_id.encode())) % 2**63
+
+
+def new_episode(task: Task) -> EpisodeRecord:
+    return EpisodeRecord(
+        id=task.id, prompt=task.prompt, expected=task.expected, solved=False,
+        family=task.family, tier=task.tier, held_out=task.held_out,
+    )
+
+
+def attempt_record(
+    attempt: int, context: list[int], ids: list[int], code: str, gen: Generation, verdict: Verdict,
+    verify_ms: float, kv_cache_bytes: int,
+) -> AttemptRecord:
+    """The record of one judged attempt; its `feedback` is what the next prompt gets ("" if solved)."""
+    solved = verdict.outcome is Outcome.CORRECT
+    return AttemptRecord(
+        attempt=attempt,
+        context_tokens=len(context),
+        new_tokens=len(ids),
+        prefill_tokens=gen.prefill_tokens,
+        cached_tokens=gen.cached_tokens,
+        prefill_ms=gen.prefill_ms,
+        decode_ms=gen.decode_ms,
+        ttft_ms=gen.ttft_ms,
+        verify_ms=verify_ms,
+        outcome=verdict.outcome.value,
+        kv_cache_bytes=kv_cache_bytes,
+        code=code,
+        output=verdict.output,
+        feedback="" if solved else format_feedback(verdict),
+    )
+
+
+def next_context(
+    cfg: AgentConfig, tok: CodeTokenizer, first_prompt: list[int], context: list[int], ids: list[int],
+    feedback: str, feedback_budget: int,
+) -> list[int]:
+    """The prompt of the next attempt after a failed one."""
+    if cfg.withhold_feedback:
+        return list(first_prompt)  # ablation: independent resampling of the bare task
+    return context + retry_ids(tok, ids, feedback, feedback_budget)
+
+
+def finish_episode(episode: EpisodeRecord, t_start: float) -> EpisodeRecord:
+    episode.total_prompt_tokens = sum(a.context_tokens for a in episode.attempts)
+    episode.total_new_tokens = sum(a.new_tokens for a in episode.attempts)
+    episode.wall_ms = (time.perf_counter() - t_start) * 1e3
+    return episode
+
+
+def overflow_record(attempt: int, context_tokens: int) -> AttemptRecord:
+    return AttemptRecord(
+        attempt=attempt, context_tokens=context_tokens, new_tokens=0, prefill_tokens=0, cached_tokens=0,
+        prefill_ms=0.0, decode_ms=0.0, ttft_ms=0.0, verify_ms=0.0,
+        outcome=Outcome.CONTEXT_OVERFLOW.value, kv_cache_bytes=0, code="", output=None, feedback="",
+    )

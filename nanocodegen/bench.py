@@ -4,10 +4,12 @@
     nanocodegen bench --suite seed --max-attempts 3 --out runs/seed
     nanocodegen bench --tasks my_tasks.jsonl --checkpoint runs/train
     nanocodegen bench --out runs/b --resume             # continue an interrupted run
+    nanocodegen bench --batch 16                       # 16 episodes at once (batch.py)
 
-Writes OUT/episodes.jsonl (one line per finished task, as it finishes) and OUT/results.json
-(MLPerf EDU's report shape: schema, id, workload, profile, status, backend, data_mode, seed, metrics,
-quality; then config, provenance, every episode and the summary; rewritten as the run goes and at the end).
+Writes OUT/episodes.jsonl (one line per finished task, as it finishes), OUT/results.json (MLPerf EDU's
+report shape: schema, id, workload, profile, status, backend, data_mode, seed, metrics, quality; then
+config, provenance, every episode in task order and the summary; rewritten as the run goes and at the
+end) and OUT/attempts.png (per-attempt latency and prefill tokens against context length; plots.py).
 """
 
 from __future__ import annotations
@@ -25,15 +27,21 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocodegen.agent import Agent
+from nanocodegen.batch import BatchedAgents
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
+from nanocodegen.generate import compile_decode
 from nanocodegen.metrics import HEADLINES, QUALITY_SUITE, bench_metrics, quality, summarize
 from nanocodegen.provenance import provenance, report_header
 from nanocodegen.tasks import Task, load_suite, read_tasks
 from nanocodegen.train import progress_bar
 
 DEFAULT_SUITES = ("seed", "synthetic")
-RESULTS_FILE, EPISODES_FILE = "results.json", "episodes.jsonl"
+RESULTS_FILE, EPISODES_FILE, PLOT_FILE = "results.json", "episodes.jsonl", "attempts.png"
+DEFAULT_BATCH = 1  # episodes at once; 1 is the sequential agent loop
+# Intra-op threads for the model. The default model's ops take microseconds: a second thread only adds
+# synchronisation (and, on a busy machine, waits for a core), and leaves no core for the sandbox.
+DEFAULT_THREADS = 1
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -153,34 +161,49 @@ def run_bench(
     resume: bool = False,
     profile: str = "max",
     allow_weak_isolation: bool = False,
+    batch: int = DEFAULT_BATCH,
+    threads: int = DEFAULT_THREADS,
+    compile: bool = False,
 ) -> dict:
-    """Run every task through the agent; returns the results dict also written to OUT/results.json.
+    """Run every task through the agent (`batch` episodes at once); returns the results dict also
+    written to OUT/results.json.
 
     With `resume`, OUT must be an interrupted run of the same tasks and settings: its finished episodes
     are kept and only the rest are run. The sandbox refuses to start where a layer is missing unless
     `allow_weak_isolation`; either way, the layers in force go into the provenance."""
-    from nanocodegen.tasks import load_suite
+    from nanocodegen.plots import plot_attempts  # matplotlib: loaded only when a run needs it
     from nanocodegen.verifier import CodeVerifier
 
+    if batch < 1:
+        raise ValueError(f"--batch must be at least 1, got {batch}")
+    if threads < 1:
+        raise ValueError(f"--threads must be at least 1, got {threads}")
     console = console or Console(stderr=True)
+    torch.set_num_threads(threads)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     dev = pick_device(device)
     model, tok, ckpt_config = load_checkpoint(ckpt, dev)
+    if compile:
+        compile_decode(model)
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
+    # Verification overlaps generation only in batched runs; one sandbox worker per core at most.
+    verify_workers = 1 if batch == 1 else max(1, min(batch, os.cpu_count() or 1))
     config = {**asdict(agent_config), "checkpoint": str(ckpt), "device": str(dev), "out": str(out_dir),
-              "tasks": len(tasks)}
+              "tasks": len(tasks), "batch": batch, "threads": threads, "verify_workers": verify_workers,
+              "compile": compile}
     ckpt_sha = checkpoint_sha256(ckpt)
-    finished: list[dict] = []
+    order = {(suite, t.id): i for i, (suite, t) in enumerate(tasks)}
+    records: dict[int, dict] = {}  # task index -> episode record, kept from a resumed run or finished now
     previous_wall = 0.0
     if resume:
-        finished = read_finished_episodes(out_dir)
-        check_resumable(out_dir, finished, tasks, config, ckpt_sha)
+        kept = read_finished_episodes(out_dir)
+        check_resumable(out_dir, kept, tasks, config, ckpt_sha)
+        records = {order[(e.get("suite"), e["id"])]: e for e in kept}
         if (out_dir / RESULTS_FILE).is_file():
             previous_wall = json.loads((out_dir / RESULTS_FILE).read_text())["summary"].get("wall_s", 0.0)
-    done = {(e.get("suite"), e["id"]) for e in finished}
-    todo = [(suite, t) for suite, t in tasks if (suite, t.id) not in done]
+    todo = [i for i in range(len(tasks)) if i not in records]
     results = {
         **report_header(out_dir.name, profile, dev, agent_config.seed, sorted({s for s, _ in tasks})),
         "status": "running",
@@ -189,11 +212,11 @@ def run_bench(
         "config": config,
         "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": ckpt_sha,
                        "checkpoint_config": ckpt_config},
-        "episodes": finished,
+        "episodes": [],
         "summary": {},
     }
     if resume:
-        results["resumed"] = {"episodes_kept": len(finished), "previous_wall_s": previous_wall}
+        results["resumed"] = {"episodes_kept": len(records), "previous_wall_s": previous_wall}
     split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
     episodes_path = (out_dir / EPISODES_FILE).open("a" if resume else "w")
@@ -202,6 +225,7 @@ def run_bench(
 
     def finish(status: str) -> None:
         results["status"] = status
+        results["episodes"] = [records[i] for i in sorted(records)]  # task order, whichever run finished them
         wall = previous_wall + time.perf_counter() - t0
         results["summary"] = summarize(results["episodes"], agent_config.max_attempts, wall)
         results["summary"]["peak_rss_bytes"] = peak_rss_bytes()
@@ -212,31 +236,41 @@ def run_bench(
         results["quality"] = quality(results["episodes"], split_tasks)
         write_json(out_dir / RESULTS_FILE, results)
 
-    with CodeVerifier(workers=1, allow_weak_isolation=allow_weak_isolation) as verifier, progress_bar(console) as bar:
+    with (CodeVerifier(workers=verify_workers, allow_weak_isolation=allow_weak_isolation) as verifier,
+          progress_bar(console) as bar):
         verifier.sandbox.require_isolation()  # now, not at the first attempt
         results["provenance"]["sandbox"] = verifier.isolation
-        agent = Agent(model, tok, verifier, agent_config, feedback_budget)
-        job = bar.add_task("bench", total=len(tasks), completed=len(finished), info="")
-        solved = sum(e["solved"] for e in finished)
+        job = bar.add_task("bench", total=len(tasks), completed=len(records), info="")
+        solved = sum(e["solved"] for e in records.values())
+
+        def record_episode(index: int, episode) -> None:
+            nonlocal solved, last_write
+            record = asdict(episode)
+            record["suite"] = tasks[index][0]
+            records[index] = record
+            episodes_path.write(json.dumps(record) + "\n")
+            episodes_path.flush()
+            solved += record["solved"]
+            bar.update(job, advance=1, info=f"solved {solved}/{len(records)}")
+            if time.perf_counter() - last_write > 2.0:
+                finish("running")
+                last_write = time.perf_counter()
+
         try:
-            for suite, task in todo:
-                record = asdict(agent.run(task))
-                record["suite"] = suite
-                results["episodes"].append(record)
-                episodes_path.write(json.dumps(record) + "\n")
-                episodes_path.flush()
-                solved += record["solved"]
-                bar.update(job, advance=1, info=f"solved {solved}/{len(results['episodes'])}")
-                if time.perf_counter() - last_write > 2.0:
-                    finish("running")
-                    last_write = time.perf_counter()
+            if batch == 1:
+                agent = Agent(model, tok, verifier, agent_config, feedback_budget)
+                for index in todo:
+                    record_episode(index, agent.run(tasks[index][1]))
+            else:
+                runner = BatchedAgents(model, tok, verifier, agent_config, batch, feedback_budget,
+                                       verify_threads=verify_workers)
+                runner.run([tasks[i][1] for i in todo], lambda j, episode: record_episode(todo[j], episode))
+                results["batch_stats"] = runner.stats.as_dict()
         except KeyboardInterrupt:
             finish("interrupted")
             episodes_path.close()
             raise
     episodes_path.close()
-    # Episodes in task order, whichever run finished them.
-    order = {(suite, t.id): i for i, (suite, t) in enumerate(tasks)}
-    results["episodes"].sort(key=lambda e: order[(e.get("suite"), e["id"])])
     finish("complete")
+    plot_attempts(results["episodes"], agent_config.kv_cache, out_dir / PLOT_FILE)
     return results

@@ -8,6 +8,7 @@
     nanocodegen demo
     nanocodegen verify --suite humaneval --canonical [--workers N]
     nanocodegen doctor
+    nanocodegen export-hf DIR [--checkpoint PATH]
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from nanocodegen.bench import DEFAULT_BATCH, DEFAULT_THREADS
 from nanocodegen.config import (
     PRESETS,
     AgentConfig,
@@ -83,7 +85,8 @@ def _bench(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console,
                         resume=args.resume, profile="min" if args.limit else "max",
-                        allow_weak_isolation=args.allow_weak_isolation)
+                        allow_weak_isolation=args.allow_weak_isolation, batch=args.batch, threads=args.threads,
+                        compile=args.compile)
     print_summary(console, results)
     _write_report(results["config"]["out"])
     print(f"{results['config']['out']}/results.json")
@@ -213,6 +216,17 @@ def _add_train_parser(sub) -> None:
     train.set_defaults(func=_train)
 
 
+def _export_hf(args: argparse.Namespace) -> int:
+    from nanocodegen.export_hf import export_checkpoint
+
+    result = export_checkpoint(args.dir, args.checkpoint)
+    if result.dropped:
+        print(f"note: {', '.join(result.dropped)} (retry-step conditioning) has no GPT-2 counterpart and was left "
+              "out; the export equals this model at retry step 0", file=sys.stderr)
+    print(result.path)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="nanocodegen", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -221,6 +235,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_run_args(bench, "runs/bench-<timestamp>")
     bench.add_argument("--resume", action="store_true",
                        help="continue the interrupted run in --out from the episodes it already wrote")
+    bench.add_argument("--batch", type=int, default=DEFAULT_BATCH, metavar="N",
+                       help=f"run N episodes at once, batching their decode steps (default: {DEFAULT_BATCH})")
+    bench.add_argument("--threads", type=int, default=DEFAULT_THREADS, metavar="N",
+                       help=f"torch intra-op threads for the model (default: {DEFAULT_THREADS})")
+    bench.add_argument("--compile", action="store_true",
+                       help="torch.compile the decode step (faster sequential decode after ~15 s of compiling)")
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
 
@@ -258,6 +278,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     doctor = sub.add_parser("doctor", help="which sandbox layers this machine gives, with live probes")
     doctor.set_defaults(func=_doctor)
+
+    export = sub.add_parser("export-hf", help="write the model as a Hugging Face GPT-2 folder, with its tokenizer")
+    export.add_argument("dir", metavar="DIR", help="folder to write (created if missing)")
+    export.add_argument("--checkpoint", metavar="PATH", help="checkpoint folder (default: the shipped model)")
+    export.set_defaults(func=_export_hf)
     return parser
 
 

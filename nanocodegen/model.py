@@ -39,29 +39,50 @@ class ModelConfig:
 
 
 class KVCache(nn.Module):
-    """Preallocated keys and values for one attention layer.
+    """Preallocated keys and values for one attention layer, one row per sequence (a "slot").
 
-    Buffers are (B, n_heads, max_seq_len, head_dim). `update(start, k, v)` writes positions
-    [start, start + T) and returns the keys/values of positions [0, start + T). Positions past the
-    write are left as they are; callers roll back simply by writing from an earlier `start`.
+    One buffer `kv` of shape (2, B, n_heads, max_seq_len, head_dim) holds keys ([0]) and values ([1]),
+    so that a decode step writes both with one `index_copy_`, and so that each of `k`, `v` is contiguous
+    over (B, n_heads): attention over B rows then reads one dense block per head instead of strided ones.
+    Each row has its own length: `update(start, k, v, row)` writes positions [start, start + T) of one row
+    (or of all rows) and returns the keys/values of positions [0, start + T); `write_rows(index, kv)`
+    writes one new position per row at per-row positions (the index comes from `row_offsets`).
+    Positions past a write are left as they are; callers roll back simply by writing from an earlier
+    position, and a row's stale tail is never attended to because attention masks keys past each
+    query's position.
     """
 
     def __init__(self, batch_size: int, max_seq_len: int, n_heads: int, head_dim: int, dtype, device):
         super().__init__()
-        shape = (batch_size, n_heads, max_seq_len, head_dim)
-        self.register_buffer("k", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
-        self.register_buffer("v", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
+        shape = (2, batch_size, n_heads, max_seq_len, head_dim)
+        self.register_buffer("kv", torch.zeros(shape, dtype=dtype, device=device), persistent=False)
 
-    def update(self, start: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Views are made on use, not stored: a compiled step then sees one buffer and updates it in place.
+    @property
+    def k(self) -> torch.Tensor:
+        return self.kv[0]  # (B, n_heads, max_seq_len, head_dim)
+
+    @property
+    def v(self) -> torch.Tensor:
+        return self.kv[1]
+
+    def update(
+        self, start: int, k: torch.Tensor, v: torch.Tensor, row: int | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         end = start + k.size(2)
-        self.k[:, :, start:end] = k
-        self.v[:, :, start:end] = v
-        return self.k[:, :, :end], self.v[:, :, :end]
+        rows = slice(None) if row is None else slice(row, row + 1)
+        self.kv[0, rows, :, start:end] = k
+        self.kv[1, rows, :, start:end] = v
+        return self.kv[0, rows, :, :end], self.kv[1, rows, :, :end]
+
+    def write_rows(self, index: torch.Tensor, kv: torch.Tensor) -> None:
+        """Write (2, B, n_heads, head_dim) new keys/values at the flat `index` (2 * B * n_heads,)."""
+        self.kv.view(-1, kv.size(-1)).index_copy_(0, index, kv.reshape(-1, kv.size(-1)))
 
     def bytes_used(self, length: int) -> int:
-        """Bytes holding the first `length` positions' keys and values."""
-        b, h, _, d = self.k.shape
-        return 2 * b * h * length * d * self.k.element_size()
+        """Bytes holding the first `length` positions' keys and values of one sequence."""
+        two, _, h, _, d = self.kv.shape
+        return two * h * length * d * self.kv.element_size()
 
 
 class CausalSelfAttention(nn.Module):
@@ -73,7 +94,7 @@ class CausalSelfAttention(nn.Module):
         self.dropout = cfg.dropout
         self.kv_cache: KVCache | None = None
 
-    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, start_pos: int | None = None, cache_row: int | None = None) -> torch.Tensor:
         B, T, C = x.shape
         q, k, v = self.qkv(x).split(C, dim=2)
         # (B, T, C) -> (B, n_heads, T, head_dim)
@@ -82,7 +103,7 @@ class CausalSelfAttention(nn.Module):
         if start_pos is None:  # no cache: plain causal attention over the T positions given
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
-            k, v = self.kv_cache.update(start_pos, k, v)  # (B, n_heads, start_pos + T, head_dim)
+            k, v = self.kv_cache.update(start_pos, k, v, cache_row)  # (B, n_heads, start_pos + T, head_dim)
             if T == 1:  # one new token attends to everything cached: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v)
             else:  # query i sits at position start_pos + i and may see keys 0 .. start_pos + i
@@ -105,8 +126,8 @@ class Block(nn.Module):
             nn.Dropout(cfg.dropout),
         )
 
-    def forward(self, x: torch.Tensor, start_pos: int | None = None) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), start_pos)
+    def forward(self, x: torch.Tensor, start_pos: int | None = None, cache_row: int | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), start_pos, cache_row)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -173,16 +194,36 @@ class NanoCodeGenAgent(nn.Module):
         if (
             first is not None
             and self.cache_batch_size == batch_size
-            and first.k.is_inference() == torch.is_inference_mode_enabled()
+            and first.kv.is_inference() == torch.is_inference_mode_enabled()
         ):
+            self._pack_decode_weights()  # weights may have changed since the cache was installed
             return
         ref = self.token_embed.weight
+        cfg = self.config
         for block in self.layers:
             block.attn.kv_cache = KVCache(
-                batch_size, self.max_seq_len, self.config.n_heads, self.config.head_dim,
-                dtype or ref.dtype, ref.device,
+                batch_size, self.max_seq_len, cfg.n_heads, cfg.head_dim, dtype or ref.dtype, ref.device,
             )
         self.cache_batch_size = batch_size
+        self._pack_decode_weights()
+        # Constants of the decode step: key positions, and each (k/v, row, head)'s offset in the flat buffer.
+        self._key_positions = torch.arange(self.max_seq_len, device=ref.device)  # (L,)
+        rows = torch.arange(2 * batch_size * cfg.n_heads, device=ref.device)
+        self._row_offsets = (rows * self.max_seq_len).view(2, batch_size, cfg.n_heads)  # (2, B, n_heads)
+
+    def _pack_decode_weights(self) -> None:
+        """(in, out) copies of the linear layers' weights for the cached steps, made again whenever a
+        weight has changed (its storage or version counter). A one-token matrix-vector product streams
+        the weight from memory; laid out (in, out), as GPT-2's Conv1D keeps it, it streams ~1.4x faster
+        here than nn.Linear's (out, in). Costs one more copy of the linear weights."""
+        weights = [w for b in self.layers for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp[0].weight,
+                                                      b.mlp[2].weight)] + [self.lm_head.weight]
+        key = [(w.data_ptr(), w._version) for w in weights]
+        if key != getattr(self, "_packed_key", None):
+            with torch.no_grad():
+                packed = [w.t().contiguous() for w in weights]
+            self._packed = [packed[i : i + 4] for i in range(0, len(packed) - 1, 4)], packed[-1]
+            self._packed_key = key
 
     def clear_kv_cache(self) -> None:
         for block in self.layers:
@@ -190,7 +231,7 @@ class NanoCodeGenAgent(nn.Module):
         self.cache_batch_size = 0
 
     def kv_cache_bytes(self, length: int) -> int:
-        """Bytes of keys and values held for `length` cached positions, over all layers."""
+        """Bytes of keys and values held for one sequence of `length` cached positions, over all layers."""
         return sum(b.attn.kv_cache.bytes_used(length) for b in self.layers if b.attn.kv_cache is not None)
 
     # --- forward --------------------------------------------------------------------------------
@@ -200,12 +241,14 @@ class NanoCodeGenAgent(nn.Module):
         targets: torch.Tensor | None = None,
         retry_step: int = 0,
         start_pos: int | None = None,
+        cache_row: int | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(B, T) token ids -> ((B, T, vocab) logits, loss or None).
 
         `targets` (B, T) uses -100 for positions that carry no loss (prompt and feedback tokens).
         `start_pos`: None runs without a cache; an int writes the T positions into the installed KV
-        cache starting there and attends to everything cached before them.
+        cache starting there and attends to everything cached before them. `cache_row` (with B == 1)
+        reads and writes that one row of a cache installed for more sequences (a prefill of one slot).
         """
         B, T = input_ids.shape
         first = 0 if start_pos is None else start_pos
@@ -214,8 +257,11 @@ class NanoCodeGenAgent(nn.Module):
                 f"sequence of {first + T} tokens exceeds the model's max_seq_len ({self.max_seq_len}); "
                 "shorten the prompt or use a model with a longer context"
             )
-        if start_pos is not None and self.cache_batch_size != B:
-            raise RuntimeError(f"call setup_kv_cache({B}) before a cached forward with batch size {B}")
+        if start_pos is not None:
+            if cache_row is None and self.cache_batch_size != B:
+                raise RuntimeError(f"call setup_kv_cache({B}) before a cached forward with batch size {B}")
+            if cache_row is not None and not (B == 1 and 0 <= cache_row < self.cache_batch_size):
+                raise RuntimeError(f"cache_row {cache_row} needs batch size 1 and a cache with more rows")
         pos = torch.arange(first, first + T, device=input_ids.device)
         x = self.token_embed(input_ids) + self.pos_embed(pos)  # (B, T, d_model)
         if retry_step > 0:
@@ -225,12 +271,118 @@ class NanoCodeGenAgent(nn.Module):
             x = x + self.feedback_embed(step)  # broadcast over (B, T)
         x = self.drop(x)
         for block in self.layers:
-            x = block(x, start_pos)
+            x = block(x, start_pos, cache_row)
         logits = self.lm_head(self.ln_f(x))  # (B, T, vocab)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-100)
         return logits, loss
+
+    def decode_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        n_keys: int | None = None,
+        retry_steps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """One new token per cached sequence, each at its own position: (B,) ids at (B,) positions ->
+        (B, vocab) next-token logits. Needs `setup_kv_cache(B)`; row b's keys/values are written at
+        positions[b] and it attends to its positions 0 .. positions[b], in one attention call for all rows.
+        `n_keys` bounds the keys attended to, so a step over short contexts does not pay for the whole
+        buffer: at least max(positions) + 1 (default max_seq_len); with one row it must be exactly
+        positions[0] + 1, so that every key is visible and no mask is needed.
+
+        The same arithmetic as `forward(start_pos=...)` with T == 1, written as plain tensor ops: at
+        this model's size a token costs a few microseconds of arithmetic per op and far more in
+        per-module Python dispatch, so the step avoids module calls, slicing and per-step allocations
+        beyond the op outputs. `retry_steps` (B,) adds each row's retry-step vector (models with retry
+        conditioning; 0: none).
+        """
+        B = tokens.size(0)
+        if self.cache_batch_size != B:
+            raise RuntimeError(f"call setup_kv_cache({B}) before decode_step with {B} sequences")
+        n = self.max_seq_len if n_keys is None else n_keys
+        mask = None
+        if B > 1 or n_keys is None:  # row b sees keys 0 .. positions[b]; its stale tail is masked out
+            mask = (self._key_positions[:n] <= positions[:, None]).view(B, 1, 1, n)  # (B, 1, 1, n)
+        write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (B, H, 1, D) -> (B, H, 1, D)
+            return F.scaled_dot_product_attention(q, kv[0, :, :, :n], kv[1, :, :, :n], attn_mask=mask)
+
+        return self._decode_layers(tokens, positions, write_index, attend, retry_steps)
+
+    def forward_rows(
+        self,
+        tokens: torch.Tensor,
+        rows: list[int],
+        starts: list[int],
+        counts: list[int],
+        retry_steps: list[int] | None = None,
+    ) -> torch.Tensor:
+        """New tokens for some rows of the cache, packed into one sequence: row rows[i] gets counts[i]
+        tokens at positions starts[i] .. starts[i] + counts[i] - 1, taken in order from the (N,) `tokens`
+        (N = sum(counts)). Returns (R, vocab) logits of each row's last new token. Rows not named are
+        neither computed nor written.
+
+        A prompt (count > 1, a prefill) and a decode token (count 1) go through the same step: the
+        linear layers run once over all N tokens, and each row attends to exactly its own cached
+        positions, one attention call per row. A single call over all rows would read every row's keys
+        up to the longest context, several times the keys needed when episodes sit at different
+        attempts; at these sizes reading the cache, not arithmetic, is what attention costs.
+        `retry_steps[i]` is row i's retry step (models with retry conditioning).
+        """
+        device = tokens.device
+        pos_list = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
+        slot_list = [r for r, c in zip(rows, counts, strict=True) for _ in range(c)]
+        pos = torch.tensor(pos_list, device=device)  # (N,)
+        write_index = (self._row_offsets[:, torch.tensor(slot_list, device=device)] + pos[:, None]).view(-1)
+        steps = None
+        if retry_steps is not None:
+            steps = torch.tensor([k for k, c in zip(retry_steps, counts, strict=True) for _ in range(c)],
+                                 device=device)
+        ends = [sum(counts[: i + 1]) for i in range(len(counts))]
+        H, D = self.config.n_heads, self.config.head_dim
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
+            out = []
+            for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
+                k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)
+                if c == 1:  # one query at the end sees every key
+                    out.append(F.scaled_dot_product_attention(q[end - 1 : end], k, v))
+                else:  # query t sits at position s + t and sees keys 0 .. s + t
+                    mask = torch.ones(c, s + c, dtype=torch.bool, device=device).tril(s)
+                    qr = q[end - c : end].view(c, H, D).transpose(0, 1).unsqueeze(0)  # (1, H, c, D)
+                    y = F.scaled_dot_product_attention(qr, k, v, attn_mask=mask)  # (1, H, c, D)
+                    out.append(y[0].transpose(0, 1).unsqueeze(2))  # (c, H, 1, D)
+            return torch.cat(out) if len(out) > 1 else out[0]
+
+        last = torch.tensor([end - 1 for end in ends], device=device)
+        return self._decode_layers(tokens, pos, write_index, attend, steps, last)
+
+    def _decode_layers(self, tokens, positions, write_index, attend, retry_steps, last=None) -> torch.Tensor:
+        """The layers of a cached step over (B,) tokens, one position each; `attend(q, kv_buffer)` is the
+        attention over the cache. Returns the logits of every token, or of the tokens at `last` (R,)."""
+        cfg = self.config
+        B, H, D, C = tokens.size(0), cfg.n_heads, cfg.head_dim, cfg.d_model
+        x = F.embedding(tokens, self.token_embed.weight) + F.embedding(positions, self.pos_embed.weight)  # (B, C)
+        if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
+            step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
+            x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
+        layer_weights, head_weight = self._packed  # (in, out) copies, see _pack_decode_weights
+        for block, (w_qkv, w_proj, w_fc, w_out) in zip(self.layers, layer_weights, strict=True):
+            attn, cache = block.attn, block.attn.kv_cache
+            h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
+            qkv = torch.addmm(attn.qkv.bias, h, w_qkv).view(B, 3, H, D)
+            cache.write_rows(write_index, qkv[:, 1:].transpose(0, 1))  # this token's keys and values
+            y = attend(qkv[:, 0].unsqueeze(2), cache.kv)  # (B, H, 1, D)
+            x = x + torch.addmm(attn.proj.bias, y.view(B, C), w_proj)
+            h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
+            x = x + torch.addmm(block.mlp[2].bias, F.gelu(torch.addmm(block.mlp[0].bias, h, w_fc)), w_out)
+        if last is not None:
+            x = x[last]  # (R, C)
+        x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
+        return x @ head_weight  # (B or R, vocab)
 
     def forward_with_timing(self, input_ids: torch.Tensor, max_retries: int = 5, new_tokens: int = 16) -> dict:
         """The sketch's timing API, measured for real: each attempt greedily generates `new_tokens`

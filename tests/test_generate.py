@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nanocodegen.generate import PrefixCache, generate, sample
+from nanocodegen.generate import PrefixCache, compile_decode, generate, sample
 from nanocodegen.model import NanoCodeGenAgent
 
 
@@ -60,3 +60,32 @@ def test_prefix_mode_refuses_stale_retry_conditioning():
         generate(model, grown, 4, cache_mode="prefix", prefix_cache=cache, retry_step=1)
     # the other modes support retry conditioning
     generate(model, grown, 4, cache_mode="attempt", retry_step=1)
+
+
+def test_retry_conditioned_cached_decode_equals_uncached():
+    torch.manual_seed(0)
+    model = NanoCodeGenAgent(vocab_size=50, d_model=16, n_heads=2, n_layers=2, max_seq_len=64).eval()
+    prompt = torch.randint(0, 50, (1, 9), generator=torch.Generator().manual_seed(4))
+    for step in (0, 3):
+        reference = generate(model, prompt, 12, cache_mode="none", retry_step=step).tokens
+        assert torch.equal(generate(model, prompt, 12, cache_mode="attempt", retry_step=step).tokens, reference)
+
+
+def test_batched_rows_stop_independently(tiny_model):
+    prompts = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(5))
+    free = [generate(tiny_model, p[None], 10).tokens[0].tolist() for p in prompts]
+    stop = free[0][2]
+    out = generate(tiny_model, prompts, 10, stop_token=stop).tokens.tolist()
+    for row, tokens in zip(out, free, strict=True):
+        n = tokens.index(stop) + 1 if stop in tokens else len(tokens)
+        assert row[:n] == tokens[:n] and all(t == stop for t in row[n:])
+
+
+def test_compiled_decode_generates_the_same_tokens(tiny_model):
+    prompt = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(6))
+    reference = generate(tiny_model, prompt, 20).tokens
+    compile_decode(tiny_model)
+    try:
+        assert torch.equal(generate(tiny_model, prompt, 20).tokens, reference)
+    finally:
+        del tiny_model.decode_step

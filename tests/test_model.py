@@ -79,3 +79,49 @@ def test_forward_with_timing_keeps_the_sketch_dict_shape():
     # generated tokens only: the sketch counted prompt tokens as generated
     assert r["total_tokens_generated"] == 3 * 16
     assert all(it["latency_ms"] > 0 for it in r["iterations"])
+
+
+def test_decode_step_rows_at_different_positions_equal_full_forwards(tiny_model):
+    # three sequences of different lengths share one cache, one row each, and step together
+    seqs = [torch.randint(0, 97, (1, n), generator=torch.Generator().manual_seed(n)) for n in (9, 15, 30)]
+    full = [tiny_model(s)[0][0] for s in seqs]  # (T, vocab) each
+    tiny_model.setup_kv_cache(3)
+    prompt = [5, 11, 20]
+    for row, (s, n) in enumerate(zip(seqs, prompt, strict=True)):
+        tiny_model(s[:, :n], start_pos=0, cache_row=row)  # prefill each row alone
+    for step in range(4):
+        positions = torch.tensor([n + step for n in prompt])
+        tokens = torch.stack([s[0, p] for s, p in zip(seqs, positions.tolist(), strict=True)])
+        logits = tiny_model.decode_step(tokens, positions, n_keys=int(positions.max()) + 1)
+        for row, p in enumerate(positions.tolist()):
+            assert torch.allclose(logits[row], full[row][p], atol=1e-5)
+
+
+def test_decode_step_adds_retry_vectors_per_row_and_none_at_step_zero():
+    torch.manual_seed(0)
+    model = NanoCodeGenAgent(vocab_size=50, d_model=16, n_heads=2, n_layers=1, max_seq_len=32).eval()
+    x = torch.randint(0, 50, (1, 8))
+    model.setup_kv_cache(2)
+    for row in range(2):
+        model(x[:, :7], retry_step=row, start_pos=0, cache_row=row)
+    logits = model.decode_step(x[0, 7].repeat(2), torch.tensor([7, 7]), 8, retry_steps=torch.tensor([0, 1]))
+    assert torch.allclose(logits[0], model(x)[0][0, -1], atol=1e-5)
+    assert torch.allclose(logits[1], model(x, retry_step=1)[0][0, -1], atol=1e-5)
+
+
+def test_cache_row_needs_a_single_sequence(tiny_model):
+    tiny_model.setup_kv_cache(2)
+    with pytest.raises(RuntimeError, match="cache_row"):
+        tiny_model(torch.zeros(2, 3, dtype=torch.long), start_pos=0, cache_row=0)
+
+
+def test_decode_path_follows_weight_changes(tiny_model):
+    # the decode step reads (in, out) copies of the linear weights; changed weights must be re-copied
+    x = torch.randint(0, 97, (1, 6))
+    tiny_model.setup_kv_cache(1)
+    with torch.no_grad():
+        tiny_model.layers[0].mlp[0].weight.mul_(2)
+    tiny_model.setup_kv_cache(1)
+    tiny_model(x[:, :5], start_pos=0)
+    step = tiny_model.decode_step(x[:, 5], torch.tensor([5]), 6)
+    assert torch.allclose(step[0], tiny_model(x)[0][0, -1], atol=1e-5)
