@@ -118,6 +118,8 @@ class BatchedAgents:
         self.batch_size, self.feedback_budget, self.verify_threads = batch_size, feedback_budget, verify_threads
         self.device = next(model.parameters()).device
         self.stats = BatchStats()
+        self._on_first_token: Callable[[int, int], None] | None = None
+        self._should_stop: Callable[[], bool] | None = None
         self.retry_conditioned = model.feedback_embed is not None
         if cfg.kv_cache == "prefix" and self.retry_conditioned:
             raise ValueError(
@@ -127,9 +129,17 @@ class BatchedAgents:
 
     @torch.inference_mode()
     def run(
-        self, tasks: Iterable[Task], on_episode: Callable[[int, EpisodeRecord], None] | None = None
+        self,
+        tasks: Iterable[Task],
+        on_episode: Callable[[int, EpisodeRecord], None] | None = None,
+        on_first_token: Callable[[int, int], None] | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> list[EpisodeRecord]:
-        """Run every task; `on_episode(index, record)` is called as each episode finishes."""
+        """Run every task; `on_episode(index, record)` is called as each episode finishes, and
+        `on_first_token(index, token_id)` when an episode's first attempt samples its first token. Once
+        `should_stop()` is true no new episode starts (those running finish): the tasks not run are absent
+        from the result."""
+        self._on_first_token, self._should_stop = on_first_token, should_stop
         pending = deque(enumerate(tasks))
         done: dict[int, EpisodeRecord] = {}
         self.stats = stats = BatchStats()
@@ -174,6 +184,8 @@ class BatchedAgents:
 
     # --- one episode's life ------------------------------------------------------------------------
     def _start_episode(self, slot: _Slot, pending: deque) -> None:
+        if self._should_stop is not None and self._should_stop():
+            pending.clear()
         if not pending:
             slot.state, slot.task = IDLE, None
             return
@@ -208,6 +220,8 @@ class BatchedAgents:
         slot.gen.prefill_ms = (slot.t_first - t0) * 1e3
         slot.gen.ttft_ms = (slot.t_first - slot.t_ready) * 1e3
         slot.state = DECODING
+        if slot.attempt == 1 and self._on_first_token is not None:
+            self._on_first_token(slot.index, token)
         self._append(slot, token, pool)
 
     def _append(self, slot: _Slot, token: int, pool: ThreadPoolExecutor) -> None:

@@ -80,6 +80,8 @@ class LoadGenConfig:
     min_duration_ms: int | None = _f(None, "minimum test duration in ms")
     min_query_count: int | None = _f(None, "minimum number of queries")
     warmup: int = _f(8, "episodes run before the test, to warm up and to measure throughput for the defaults")
+    batch: int = _f(16, "Offline: episodes run at once by the batched agents (1: one after another); "
+                        "SingleStream and Server run one episode at a time")
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import array
 import json
+import os
 import queue
 import threading
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 import mlperf_loadgen as lg
 import torch
 
+from nanocodegen.batch import BatchedAgents
 from nanocodegen.config import AgentConfig, LoadGenConfig
 from nanocodegen.metrics import HEADLINES, QUALITY_SUITE, quality, rates, summarize, time_shares
 from nanocodegen.provenance import provenance, report_header
@@ -67,6 +69,11 @@ QUICK_SETTINGS: dict[str, dict] = {
 FALLBACK_EPISODES_PER_S = 1.0
 
 RunEpisode = Callable[[Task, Callable[[int], None] | None], EpisodeRecord]
+# run_batch(tasks, on_episode(index, record), on_first_token(index, token_id), should_stop()): the batched
+# agents' `run`; once should_stop() is true it starts no new episode.
+RunBatch = Callable[
+    [list[Task], Callable[[int, EpisodeRecord], None], Callable[[int, int], None], Callable[[], bool]], object
+]
 
 
 class HarnessError(RuntimeError):
@@ -154,24 +161,29 @@ class AgentSUT:
     """LoadGen's system under test: its two callbacks over an episode runner.
 
     LoadGen calls `issue_queries` from its own threads and expects it to return at once; one worker thread
-    runs the samples in arrival order (the model uses every core for one episode at a time). Offline's one
-    large query is run episode by episode, in the same way."""
+    runs the queries in arrival order. A query of one sample (SingleStream, Server) is one episode with
+    `run_episode` (the model uses every core for one episode at a time). A larger query (Offline's one) goes
+    to `run_batch`, the batched agents, when given: its episodes run concurrently and each sample completes
+    as its episode ends; without `run_batch` it is run episode by episode."""
 
-    def __init__(self, tasks: list[tuple[str, Task]], run_episode: RunEpisode, episodes_path: Path):
-        self.tasks, self.run_episode = tasks, run_episode
+    def __init__(self, tasks: list[tuple[str, Task]], run_episode: RunEpisode, episodes_path: Path,
+                 run_batch: RunBatch | None = None):
+        self.tasks, self.run_episode, self.run_batch = tasks, run_episode, run_batch
         self.records: list[dict] = []
         self.errors: list[str] = []
+        self._first_reported: set[int] = set()  # query ids whose first token LoadGen has
+        self.stopping = threading.Event()  # set on Ctrl-C: samples not yet started complete unrun
+        self.unrun = 0
         self._queue: queue.Queue = queue.Queue()
         self._out = episodes_path.open("w")
         self._worker = threading.Thread(target=self._work, name="nanocodegen-sut", daemon=True)
         self._worker.start()
 
     def issue_queries(self, samples: list[lg.QuerySample]) -> None:
-        for sample in samples:
-            self._queue.put(sample)
+        self._queue.put(list(samples))
 
     def flush_queries(self) -> None:
-        pass  # nothing is held back: every sample is queued as it arrives
+        pass  # nothing is held back: every query is queued as it arrives
 
     def close(self) -> None:
         self._queue.put(None)
@@ -179,43 +191,88 @@ class AgentSUT:
         self._out.close()
 
     def _work(self) -> None:
-        while (sample := self._queue.get()) is not None:
-            self._run_sample(sample)
+        while (samples := self._queue.get()) is not None:
+            if self.run_batch is not None and len(samples) > 1:
+                self._run_batch(samples)
+            else:
+                for sample in samples:
+                    self._run_sample(sample)
 
-    def _run_sample(self, sample: lg.QuerySample) -> None:
+    def _first_token(self, sample: lg.QuerySample, token_id: int | None) -> None:
+        if sample.id in self._first_reported:
+            return
+        self._first_reported.add(sample.id)
+        payload = b"" if token_id is None else array.array("i", [token_id]).tobytes()
+        response, _buf = _response(sample.id, payload)
+        lg.FirstTokenComplete([response])
+
+    def _complete(self, sample: lg.QuerySample, record: EpisodeRecord) -> None:
         suite, task = self.tasks[sample.index]
-        first_reported = []
-
-        def report_first_token(token_id: int | None) -> None:
-            if first_reported:
-                return
-            first_reported.append(token_id)
-            payload = b"" if token_id is None else array.array("i", [token_id]).tobytes()
-            response, _buf = _response(sample.id, payload)
-            lg.FirstTokenComplete([response])
-
-        try:
-            record = self.run_episode(task, report_first_token)
-        except Exception as e:  # LoadGen waits for every sample: complete it, then fail the run afterwards
-            self.errors.append(f"sample {sample.index} ({task.id}): {type(e).__name__}: {e}")
-            record = EpisodeRecord(id=task.id, prompt=task.prompt, expected=task.expected, solved=False)
         # An episode whose first attempt generated nothing (its prompt overflowed the context) reports its
         # first token at completion, so that LoadGen, which needs one, gets the whole latency as TTFT.
-        report_first_token(None)
+        self._first_token(sample, None)
         response, _buf = _response(sample.id, response_payload(task, record), record.total_new_tokens)
         lg.QuerySamplesComplete([response])
+        self._first_reported.discard(sample.id)
         line = {"sample_index": sample.index, "query_id": sample.id, **asdict(record), "suite": suite}
         self.records.append(line)
         self._out.write(json.dumps(line) + "\n")
         self._out.flush()
 
+    def _failed(self, sample: lg.QuerySample, e: Exception) -> None:
+        """LoadGen waits for every sample: complete a failed one, and fail the run afterwards."""
+        task = self.tasks[sample.index][1]
+        self.errors.append(f"sample {sample.index} ({task.id}): {type(e).__name__}: {e}")
+        self._complete(sample, EpisodeRecord(id=task.id, prompt=task.prompt, expected=task.expected, solved=False))
 
-def warm_up(tasks: list[tuple[str, Task]], run_episode: RunEpisode, episodes: int) -> Warmup:
+    def _skip(self, sample: lg.QuerySample) -> None:
+        """Complete a sample without running it (the run is stopping); it is not recorded."""
+        self._first_token(sample, None)
+        response, _buf = _response(sample.id, b"", 1)  # LoadGen aborts on a sample of no tokens
+        lg.QuerySamplesComplete([response])
+        self._first_reported.discard(sample.id)
+        self.unrun += 1
+
+    def _run_sample(self, sample: lg.QuerySample) -> None:
+        if self.stopping.is_set():
+            self._skip(sample)
+            return
+        task = self.tasks[sample.index][1]
+        try:
+            record = self.run_episode(task, lambda token_id: self._first_token(sample, token_id))
+        except Exception as e:
+            self._failed(sample, e)
+            return
+        self._complete(sample, record)
+
+    def _run_batch(self, samples: list[lg.QuerySample]) -> None:
+        done: set[int] = set()
+
+        def finished(i: int, record: EpisodeRecord) -> None:
+            done.add(i)
+            self._complete(samples[i], record)
+
+        try:
+            self.run_batch([self.tasks[s.index][1] for s in samples], finished,
+                           lambda i, token_id: self._first_token(samples[i], token_id), self.stopping.is_set)
+        except Exception as e:
+            for i, sample in enumerate(samples):
+                if i not in done:
+                    self._failed(sample, e)
+            return
+        for i, sample in enumerate(samples):  # not started: the run was stopped
+            if i not in done:
+                self._skip(sample)
+
+
+def warm_up(tasks: list[tuple[str, Task]], run_episode: RunEpisode, episodes: int,
+            run_batch: RunBatch | None = None) -> Warmup:
     """Run `episodes` tasks spread over the task list before the test; measure the episode rate.
 
     The episodes run in a thread of their own, as the SUT's do: torch's intra-op threading behaves differently
     in the main thread (on a busy 2-core machine its episodes were ten times slower), and a warm-up measured
-    there would size the test for another system."""
+    there would size the test for another system. With `run_batch` the episodes run as one batch, twice:
+    the first pays the one-off costs, the second is timed (the rate is then the batch's throughput)."""
     if episodes <= 0 or not tasks:
         return Warmup(0, None, None)
     picks = [tasks[i * len(tasks) // episodes][1] for i in range(episodes)]
@@ -224,6 +281,12 @@ def warm_up(tasks: list[tuple[str, Task]], run_episode: RunEpisode, episodes: in
 
     def run() -> None:
         try:
+            if run_batch is not None:
+                for _ in range(2):
+                    t0 = time.perf_counter()
+                    run_batch(picks, lambda i, record: None, lambda i, token_id: None, lambda: False)
+                    latencies[:] = [(time.perf_counter() - t0) / len(picks)]
+                return
             for task in picks:
                 t0 = time.perf_counter()
                 run_episode(task, None)
@@ -336,34 +399,62 @@ class LoadGenRun:
 
     log: dict  # read_detail_log of mlperf_log_detail.txt
     metrics: dict  # loadgen_metrics
-    records: list[dict]  # one per sample LoadGen issued, in completion order
+    records: list[dict]  # one per sample LoadGen issued and the SUT ran, in completion order
     warmup: Warmup
     wall_s: float
+    interrupted: bool = False  # Ctrl-C: the samples not yet started were completed unrun
 
 
 def run_loadgen(
-    tasks: list[tuple[str, Task]], cfg: LoadGenConfig, run_episode: RunEpisode, out_dir: Path
+    tasks: list[tuple[str, Task]], cfg: LoadGenConfig, run_episode: RunEpisode, out_dir: Path,
+    run_batch: RunBatch | None = None,
 ) -> LoadGenRun:
     """Warm up, run one LoadGen test over `tasks` with `run_episode` as the system under test, read its logs.
 
-    `run_episode(task, on_first_token)` runs one episode; the real one is `Agent.run`, tests pass a null one."""
+    `run_episode(task, on_first_token)` runs one episode; the real one is `Agent.run`, tests pass a null one.
+    `run_batch`, the batched agents, runs Offline's query when given (and cfg.batch > 1)."""
     if not tasks:
         raise HarnessError("no tasks to run; pass --suite or --tasks")
     out_dir.mkdir(parents=True, exist_ok=True)
-    warmup = warm_up(tasks, run_episode, cfg.warmup)
+    if cfg.scenario != "Offline" or cfg.batch <= 1:
+        run_batch = None
+    warmup = warm_up(tasks, run_episode, max(cfg.warmup, cfg.batch) if run_batch else cfg.warmup, run_batch)
     settings = build_settings(cfg, warmup)
     log_settings = lg.LogSettings()
     log_settings.log_output.outdir = str(out_dir)
     log_settings.log_output.copy_summary_to_stdout = False
     log_settings.enable_trace = False
-    system = AgentSUT(tasks, run_episode, out_dir / EPISODES_FILE)
+    system = AgentSUT(tasks, run_episode, out_dir / EPISODES_FILE, run_batch)
     sut = lg.ConstructSUT(system.issue_queries, system.flush_queries)
     # Every task fits in memory: the whole list is the performance set, and loading is nothing to do.
     qsl = lg.ConstructQSL(len(tasks), len(tasks), lambda indices: None, lambda indices: None)
+    # LoadGen runs in a thread of its own so that Ctrl-C reaches this one (a signal waits while the main
+    # thread is inside LoadGen's C++): it then lets the episode in flight finish, completes the samples
+    # not yet started unrun, and LoadGen ends its test and writes its logs.
+    # (An Event, not Thread.join: a KeyboardInterrupt inside join can leave the thread looking finished.)
+    finished = threading.Event()
+
+    def run_test() -> None:
+        try:
+            lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        finally:
+            finished.set()
+
+    test = threading.Thread(target=run_test, name="nanocodegen-loadgen", daemon=True)
     t0 = time.perf_counter()
+    interrupted = False
     try:
-        lg.StartTestWithLogSettings(sut, qsl, settings, log_settings)
+        test.start()
+        while True:
+            try:
+                if finished.wait(0.1):
+                    break
+            except KeyboardInterrupt:
+                interrupted = True
+                system.stopping.set()
     finally:
+        if test.ident is not None:
+            finished.wait()  # LoadGen must be done with the SUT and QSL before they are destroyed
         wall = time.perf_counter() - t0
         system.close()
         lg.DestroyQSL(qsl)
@@ -371,7 +462,7 @@ def run_loadgen(
     if system.errors:
         raise HarnessError(f"{len(system.errors)} episode(s) failed, first: {system.errors[0]}")
     log = read_detail_log(out_dir / DETAIL_LOG)
-    return LoadGenRun(log, loadgen_metrics(cfg.scenario, log["values"]), system.records, warmup, wall)
+    return LoadGenRun(log, loadgen_metrics(cfg.scenario, log["values"]), system.records, warmup, wall, interrupted)
 
 
 def default_out_dir(cfg: LoadGenConfig) -> Path:
@@ -406,13 +497,20 @@ def loadgen_benchmark(
     profile = profile or ("min" if cfg.quick and cfg.mode == "performance" else "max")
     split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
-    with CodeVerifier(workers=1, allow_weak_isolation=allow_weak_isolation) as verifier:
+    batched = cfg.scenario == "Offline" and cfg.batch > 1
+    if cfg.batch < 1:
+        raise HarnessError("--batch must be at least 1")
+    # Batched agents verify in threads that overlap generation: one sandbox worker per core at most.
+    verify_workers = max(1, min(cfg.batch, os.cpu_count() or 1)) if batched else 1
+    with CodeVerifier(workers=verify_workers, allow_weak_isolation=allow_weak_isolation) as verifier:
         verifier.sandbox.require_isolation()  # now, not at the first attempt
         isolation = verifier.isolation
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
-        run = run_loadgen(tasks, cfg, agent.run, out_dir)
+        runner = BatchedAgents(model, tok, verifier, agent_config, cfg.batch, feedback_budget,
+                               verify_threads=verify_workers) if batched else None
+        run = run_loadgen(tasks, cfg, agent.run, out_dir, runner.run if runner else None)
         accuracy = None
-        if cfg.mode == "accuracy":
+        if cfg.mode == "accuracy" and not run.interrupted:
             accuracy = score_accuracy_log(out_dir / ACCURACY_LOG, tasks, verifier, agent_config.max_attempts,
                                           split_tasks, agent_config.timeout_ms)
             write_json(out_dir / ACCURACY_FILE, accuracy)
@@ -429,7 +527,7 @@ def loadgen_benchmark(
     unscored = {**quality([], split_tasks), "note": "performance mode; see --mode accuracy"}
     results = {
         **report_header(out_dir.name, profile, dev, agent_config.seed, sorted({s for s, _ in tasks})),
-        "status": "complete",
+        "status": "interrupted" if run.interrupted else "complete",
         "metrics": metrics,
         "quality": accuracy["quality"] if accuracy else unscored,
         "config": {**asdict(agent_config), **asdict(cfg), "checkpoint": str(ckpt), "device": str(dev),
@@ -451,6 +549,8 @@ def loadgen_benchmark(
     if accuracy:
         results["accuracy"] = accuracy
     write_json(out_dir / RESULTS_FILE, results)
+    if run.interrupted:  # the folder holds what ran; the command reports the interruption
+        raise KeyboardInterrupt
     return results
 
 

@@ -6,6 +6,9 @@ the agent, not the agent.
 """
 
 import json
+import os
+import signal
+import threading
 import time
 
 import mlperf_loadgen as lg
@@ -71,6 +74,86 @@ def test_offline_quick_is_valid(tmp_path):
     assert run.metrics["result_validity"] == "VALID", (tmp_path / "mlperf_log_summary.txt").read_text()
     assert run.metrics["query_count"] == 1 and len(run.records) == 128  # Offline: one query of 128 samples
     assert run.log["errors"] == [] and run.metrics["samples_per_s"] > 0
+
+
+class ScriptedBatch:
+    """Scripted stand-in for BatchedAgents.run: finishes the episodes in reverse order (as a batch may),
+    reporting every first token before any episode ends; remembers the batch sizes it was given."""
+
+    def __init__(self):
+        self.sizes = []
+
+    def __call__(self, tasks, on_episode, on_first_token, should_stop):
+        self.sizes.append(len(tasks))
+        for i in range(len(tasks)):
+            on_first_token(i, 7)
+        for i in reversed(range(len(tasks))):
+            on_episode(i, null_episode(tasks[i], None))
+
+
+def test_offline_query_goes_to_the_batched_agents(tmp_path):
+    batch = ScriptedBatch()
+    cfg = quick(scenario="Offline", min_duration_ms=0, target_qps=None, warmup=4, batch=16)
+    run = run_loadgen(SEED, cfg, lambda t, cb: pytest.fail("Offline must not run episode by episode"), tmp_path,
+                      run_batch=batch)
+    assert batch.sizes == [16, 16, 128]  # the warm-up (max(warmup, batch) episodes, twice), then the one query
+    assert run.log["errors"] == [] and run.metrics["result_validity"] == "VALID"
+    records = read_records(tmp_path)
+    assert len(records) == 128 and len({r["query_id"] for r in records}) == 128
+    for r in records:  # each sample completed with its own episode, whatever the finishing order
+        assert r["id"] == SEED[r["sample_index"]][1].id
+
+
+def test_single_stream_ignores_the_batched_agents(tmp_path):
+    batch = ScriptedBatch()
+    run = run_loadgen(SEED, quick(batch=16), null_episode, tmp_path, run_batch=batch)
+    assert batch.sizes == [] and run.metrics["result_validity"] == "VALID"
+
+
+def test_a_failing_batch_completes_its_samples_then_fails_the_run(tmp_path):
+    def broken(tasks, on_episode, on_first_token, should_stop):
+        on_episode(0, null_episode(tasks[0], None))
+        if len(tasks) > 16:  # the warm-up's batches pass
+            raise RuntimeError("batch died")
+
+    cfg = quick(scenario="Offline", min_duration_ms=0, target_qps=None, batch=16)
+    with pytest.raises(HarnessError, match=r"127 episode\(s\) failed.*batch died"):
+        run_loadgen(SEED, cfg, null_episode, tmp_path, run_batch=broken)
+
+
+def interrupt_after(seconds: float) -> threading.Timer:
+    """Ctrl-C, as the terminal sends it, to this process after `seconds`."""
+    timer = threading.Timer(seconds, lambda: os.kill(os.getpid(), signal.SIGINT))
+    timer.start()
+    return timer
+
+
+def test_ctrl_c_ends_the_test_early_and_keeps_what_ran(tmp_path):
+    cfg = quick(min_duration_ms=60_000, min_query_count=10_000, target_qps=100.0)
+    interrupt_after(0.5)
+    t0 = time.perf_counter()
+    run = run_loadgen(SEED, cfg, lambda t, cb: null_episode(t, cb, delay_s=0.01), tmp_path)
+    assert run.interrupted and time.perf_counter() - t0 < 20  # not the 60 s minimum duration
+    records = read_records(tmp_path)
+    assert 0 < len(records) == len(run.records)  # the episodes that ran are kept, and only they
+    assert (tmp_path / "mlperf_log_detail.txt").is_file()  # LoadGen ended its test and wrote its logs
+
+
+def test_ctrl_c_stops_the_batched_agents_starting_episodes(tmp_path):
+    started = []
+
+    def slow_batch(tasks, on_episode, on_first_token, should_stop):
+        for i, task in enumerate(tasks):
+            if should_stop():
+                return
+            started.append(i)
+            on_episode(i, null_episode(task, None, delay_s=0.01))
+
+    cfg = quick(scenario="Offline", min_duration_ms=0, min_query_count=5_000, target_qps=None, batch=4)
+    interrupt_after(0.5)
+    run = run_loadgen(SEED, cfg, null_episode, tmp_path, run_batch=slow_batch)
+    assert run.interrupted and 0 < len(run.records) < 5_000
+    assert len(read_records(tmp_path)) == len(run.records)
 
 
 def test_server_runs(tmp_path):
@@ -173,11 +256,11 @@ def test_loadgen_command_accuracy_mode_on_the_shipped_model(tmp_path, capsys):
 
 def test_loadgen_command_performance_mode_on_the_shipped_model(tmp_path):
     assert main(["loadgen", "--suite", "seed", "--scenario", "Offline", "--min-query-count", "8",
-                 "--min-duration-ms", "100", "--warmup", "2", "--out", str(tmp_path)]) == 0
+                 "--min-duration-ms", "100", "--warmup", "2", "--batch", "4", "--out", str(tmp_path)]) == 0
     r = json.loads((tmp_path / "results.json").read_text())
     assert r["metrics"]["headline"]["name"] == "samples_per_s" and r["metrics"]["headline"]["value"] > 0
     assert r["loadgen"]["settings"]["scenario"] == "Offline" and r["loadgen"]["errors"] == []
-    assert r["warmup"]["episodes"] == 2 and r["quality"]["value"] is None
+    assert r["warmup"]["episodes"] == 4 and r["quality"]["value"] is None  # batched: max(warmup, batch)
     assert len(read_records(tmp_path)) == r["metrics"]["query_count"] * r["loadgen"]["settings"]["samples_per_query"]
 
 
