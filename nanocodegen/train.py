@@ -1,6 +1,6 @@
 """Train the code model from scratch, on one process or many.
 
-    nanocodegen train                                    # the default model, as shipped (about 15 min on 2 cores)
+    nanocodegen train                                    # the default model, as shipped (47 min on 2 shared cores)
     nanocodegen train --preset smoke --out /tmp/ckpt     # seconds, for a check
     torchrun --standalone --nproc_per_node=2 -m nanocodegen train --preset smoke --out /tmp/ckpt
     nanocodegen train --resume runs/train                # continue an interrupted run where it stopped
