@@ -49,7 +49,7 @@ def plot_attempts(episodes: list[dict], kv_cache: str, path: str | Path) -> Path
         points = lat.scatter(x, [a["prefill_ms"] + a["decode_ms"] for a in attempts], c=colour, s=10,
                              cmap="viridis", vmin=1)
         pre.scatter(x, [a["prefill_tokens"] for a in attempts], c=colour, s=10, cmap="viridis", vmin=1)
-        fig.colorbar(points, ax=pre, label="attempt")
+        fig.colorbar(points, ax=pre, label="attempt", ticks=range(1, max(colour) + 1))  # whole attempts only
     return _save(fig, path)
 
 
