@@ -90,11 +90,14 @@ class BatchStats:
     steps: int = 0
     step_s: float = 0.0  # in model steps (prefills and decodes together)
     prefills: int = 0  # attempts started, summed over steps
-    decoding_rows: int = 0  # decode tokens, summed over steps
+    decode_calls: int = 0  # model calls that decoded (a greedy chunk or one token per row)
+    decoding_rows: int = 0  # rows decoded, summed over calls
+    decoded_tokens: int = 0  # tokens computed by those calls (a greedy chunk computes several per row)
+    discarded_tokens: int = 0  # computed by a greedy chunk past an attempt's end, and dropped
     waiting_s: float = 0.0  # nothing to generate: every live episode was being verified
 
     def as_dict(self) -> dict:
-        mean = self.decoding_rows / self.steps if self.steps else 0.0
+        mean = self.decoding_rows / self.decode_calls if self.decode_calls else 0.0
         return {**self.__dict__, "mean_decoding_rows": mean}
 
 
@@ -146,8 +149,8 @@ class BatchedAgents:
         slots = [_Slot(row) for row in range(min(self.batch_size, len(pending)))]
         if not slots:
             return []
-        if self.config.kv_cache != "none":
-            self.model.setup_kv_cache(len(slots))
+        if self.config.kv_cache != "none":  # one row per slot, and a scratch row (see _decode)
+            self.model.setup_kv_cache(len(slots) + 1)
 
         def finished(slot: _Slot) -> None:
             record = finish_episode(slot.episode, slot.t_episode)
@@ -176,7 +179,6 @@ class BatchedAgents:
                     stats.steps += 1
                     stats.step_s += time.perf_counter() - t0
                     stats.prefills += len(starting)
-                    stats.decoding_rows += len(decoding)
                 elif any(s.state == VERIFYING for s in slots):
                     wait([s.future for s in slots if s.state == VERIFYING], return_when=FIRST_COMPLETED)
                     stats.waiting_s += time.perf_counter() - t0
@@ -255,38 +257,79 @@ class BatchedAgents:
 
     # --- the batched step ---------------------------------------------------------------------------
     def _step(self, starting: list[_Slot], decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
-        """One model step: the prompts of the attempts starting and the next token of those decoding."""
+        """One scheduler step: the prompts of the attempts starting, in one packed forward, then the next
+        tokens of every attempt decoding (those just started included) in one decode call."""
         t0 = time.perf_counter()
         if self.config.kv_cache == "none":
-            logits = self._uncached_logits(starting, decoding)
-        else:
-            logits = self._cached_logits(starting, decoding)
-        rows = starting + decoding
-        if self.config.temperature > 0:
-            tokens = [self._sample(logits[i : i + 1], s) for i, s in enumerate(rows)]
-        else:
-            tokens = logits.argmax(dim=-1).tolist()
-        for slot, token in zip(starting, tokens, strict=False):
-            self._started(slot, token, t0, pool)
-        for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
-            self._append(slot, token, pool)
+            rows = starting + decoding
+            tokens = self._pick(self._uncached_logits(starting, decoding), rows)
+            for slot, token in zip(starting, tokens, strict=False):
+                self._started(slot, token, t0, pool)
+            for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
+                self._append(slot, token, pool)
+            return
+        if starting:
+            for slot, token in zip(starting, self._pick(self._prefill_logits(starting), starting), strict=True):
+                self._started(slot, token, t0, pool)
+        decoding = [s for s in decoding + starting if s.state == DECODING]
+        if decoding:
+            self._decode(decoding, pool)
 
-    def _cached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
-        """(rows, vocab) logits from one packed forward; each row reads and writes only its own cache row."""
+    def _prefill_logits(self, starting: list[_Slot]) -> torch.Tensor:
+        """(rows, vocab) logits of each starting attempt's last prompt token, from one packed forward that
+        writes each prompt (after the prefix its row holds) into its own cache row."""
         ids, starts, counts = [], [], []
         for slot in starting:
             cached, todo = self._begin(slot)
             ids += todo
             starts.append(cached)
             counts.append(len(todo))
-        for slot in decoding:
-            ids.append(slot.tokens[-1])
-            starts.append(len(slot.context) + len(slot.tokens) - 1)
-            counts.append(1)
-        rows = starting + decoding
-        steps = [s.attempt - 1 for s in rows] if self.retry_conditioned else None
-        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in rows], starts,
+        steps = [s.attempt - 1 for s in starting] if self.retry_conditioned else None
+        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in starting], starts,
                                        counts, steps)
+
+    def _decode(self, decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
+        """The next tokens of the attempts decoding, in one call over their cache rows: a greedy chunk of
+        several tokens (`compile_decode`) where every attempt has room for all of them, else one token.
+        Tokens a chunk computes past an attempt's end are dropped (their cache writes lie past anything
+        the row keeps)."""
+        positions = [len(s.context) + len(s.tokens) - 1 for s in decoding]  # where each last token goes
+        compiled = getattr(self.model, "compiled_decode", None)
+        chunk = compiled.chunk if compiled is not None and self.config.temperature <= 0 else 1
+        if chunk > 1 and any(len(s.tokens) + chunk > s.budget for s in decoding):
+            chunk = 1
+        n_keys = max(positions) + 1
+        tokens = [s.tokens[-1] for s in decoding]
+        rows = [s.row for s in decoding]
+        steps = [s.attempt - 1 for s in decoding]
+        if len(decoding) == 1:
+            # A compiled step specialises a batch of one; the cache's scratch row (the last, no slot's)
+            # pads a lone row to two, so that one compiled graph serves every step.
+            tokens, positions, steps = tokens + [0], positions + [0], steps + [0]
+            rows = rows + [self.model.cache_batch_size - 1]
+        as_tensor = lambda values: torch.tensor(values, device=self.device)  # noqa: E731
+        args = (as_tensor(tokens), as_tensor(positions), n_keys)
+        retry = as_tensor(steps) if self.retry_conditioned else None
+        if chunk > 1:
+            new = compiled.greedy(*args, retry_steps=retry, rows=as_tensor(rows)).tolist()  # (R, chunk)
+        else:
+            logits = self.model.decode_step(*args, retry, as_tensor(rows))[: len(decoding)]
+            new = [[t] for t in self._pick(logits, decoding)]
+        self.stats.decode_calls += 1
+        self.stats.decoding_rows += len(decoding)
+        self.stats.decoded_tokens += len(decoding) * chunk
+        for slot, tokens in zip(decoding, new, strict=False):  # a scratch row's tokens come last
+            for i, token in enumerate(tokens):
+                self._append(slot, token, pool)
+                if slot.state != DECODING:
+                    self.stats.discarded_tokens += len(tokens) - i - 1
+                    break
+
+    def _pick(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int]:
+        """Each row's next token: greedy, or sampled from the row's own generator."""
+        if self.config.temperature > 0:
+            return [self._sample(logits[i : i + 1], s) for i, s in enumerate(slots)]
+        return logits.argmax(dim=-1).tolist()
 
     def _uncached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
         """Cache mode "none": each row's whole context, right-padded, recomputed in one forward. Causal
