@@ -83,6 +83,11 @@ def _timed_verify(verifier, task: Task, code: str, timeout_ms: int) -> tuple[Ver
     return verdict, (time.perf_counter() - t0) * 1e3
 
 
+def cache_rows(batch_size: int, n_tasks: int) -> int:
+    """KV-cache rows a run installs: one per slot, and a scratch row (see `BatchedAgents._decode`)."""
+    return min(batch_size, n_tasks) + 1
+
+
 @dataclass
 class BatchStats:
     """Where a batched run's main thread spent its time (seconds), and how full its steps were."""
@@ -149,8 +154,8 @@ class BatchedAgents:
         slots = [_Slot(row) for row in range(min(self.batch_size, len(pending)))]
         if not slots:
             return []
-        if self.config.kv_cache != "none":  # one row per slot, and a scratch row (see _decode)
-            self.model.setup_kv_cache(len(slots) + 1)
+        if self.config.kv_cache != "none":
+            self.model.setup_kv_cache(cache_rows(self.batch_size, len(slots)))
 
         def finished(slot: _Slot) -> None:
             record = finish_episode(slot.episode, slot.t_episode)

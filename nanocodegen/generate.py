@@ -151,6 +151,34 @@ def uncompile_decode(model: NanoCodeGenAgent) -> NanoCodeGenAgent:
     return model
 
 
+@torch.inference_mode()
+def warm_up_decode(model: NanoCodeGenAgent, cache_rows: int = 1) -> float:
+    """Run the graphs `compile_decode` installed once, so that compiling (or loading them from inductor's
+    disk cache) happens here and not inside a timed run; returns the seconds it took. `cache_rows` 1 warms
+    the one-sequence step and chunk (`generate`); more, the step and chunk over named rows of a cache of
+    that many rows (the batched agents'), whose keys and values it leaves as junk to be overwritten."""
+    compiled = getattr(model, "compiled_decode", None)
+    if compiled is None:
+        return 0.0
+    t0 = time.perf_counter()
+    model.setup_kv_cache(cache_rows)
+    device = model.token_embed.weight.device
+    tensor = functools.partial(torch.tensor, device=device)
+    if cache_rows == 1:
+        args, rows = (tensor([1]), tensor([5]), 6), None
+    else:  # two named rows: every batch of two or more runs the same graph
+        args, rows = (tensor([1, 2]), tensor([5, 6]), 7), tensor([0, 1])
+    # The batched agents always pass retry steps to a retry-conditioned model; `generate` from attempt 2 on.
+    retry_steps = [None] if model.feedback_embed is None else [torch.ones_like(args[0])] + [None] * (rows is None)
+    for steps in retry_steps:  # called as `generate` and `BatchedAgents._decode` call them: guards see the arguments
+        compiled.greedy(*args, retry_steps=steps, **({} if rows is None else {"rows": rows}))
+        if rows is None:
+            model.decode_step(*args, steps)
+        else:
+            model.decode_step(*args, steps, rows)
+    return time.perf_counter() - t0
+
+
 def _stopped(token: torch.Tensor, finished: torch.Tensor, stop_token: int | None) -> bool:
     """Whether every row has produced the stop token (`finished` already holds the rows' state)."""
     if stop_token is None:
@@ -254,7 +282,9 @@ def generate(
                 positions += 1
             tokens = sample(logits, temperature, top_k, generator)[:, None]  # (B, 1)
         n += _append_tokens(out, n, tokens, finished, stop_token)
-        token = out[:, n - 1]
+        # A dense (B,) copy: a compiled step's guards check strides, and a column of `out` has stride
+        # max_new_tokens, which would compile the step once per budget.
+        token = out[:, n - 1].clone(memory_format=torch.contiguous_format)
     _sync(device)
     t2 = time.perf_counter()
     out = out[:, :n]
