@@ -41,7 +41,7 @@ from nanocodegen.agent import (
     overflow_record,
 )
 from nanocodegen.config import AgentConfig
-from nanocodegen.generate import Generation, PrefixCache, sample
+from nanocodegen.generate import CompiledDecode, Generation, PrefixCache, sample
 from nanocodegen.model import NanoCodeGenAgent
 from nanocodegen.prompt import task_ids
 from nanocodegen.records import EpisodeRecord, Outcome, Verdict
@@ -262,45 +262,64 @@ class BatchedAgents:
 
     # --- the batched step ---------------------------------------------------------------------------
     def _step(self, starting: list[_Slot], decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
-        """One scheduler step: the prompts of the attempts starting, in one packed forward, then the next
-        tokens of every attempt decoding (those just started included) in one decode call."""
+        """One scheduler step: the prompts of the attempts starting and the next tokens of those decoding.
+
+        Eagerly (and without a cache), one packed forward computes both, each row attending to exactly
+        its own keys. With `compile_decode`, the prompts go first through that packed forward, then every
+        attempt decoding (those just started included) takes a greedy chunk, or one token, from one
+        compiled call over all cache rows (`_decode`)."""
         t0 = time.perf_counter()
-        if self.config.kv_cache == "none":
+        compiled = getattr(self.model, "compiled_decode", None)
+        if self.config.kv_cache == "none" or compiled is None:
             rows = starting + decoding
-            tokens = self._pick(self._uncached_logits(starting, decoding), rows)
+            if self.config.kv_cache == "none":
+                logits = self._uncached_logits(starting, decoding)
+            else:
+                logits = self._packed_logits(starting, decoding)
+            tokens = self._pick(logits, rows)
             for slot, token in zip(starting, tokens, strict=False):
                 self._started(slot, token, t0, pool)
             for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
                 self._append(slot, token, pool)
+            if decoding:
+                self.stats.decode_calls += 1
+                self.stats.decoding_rows += len(decoding)
+                self.stats.decoded_tokens += len(decoding)
             return
         if starting:
-            for slot, token in zip(starting, self._pick(self._prefill_logits(starting), starting), strict=True):
+            for slot, token in zip(starting, self._pick(self._packed_logits(starting, []), starting), strict=True):
                 self._started(slot, token, t0, pool)
         decoding = [s for s in decoding + starting if s.state == DECODING]
         if decoding:
-            self._decode(decoding, pool)
+            self._decode(decoding, compiled, pool)
 
-    def _prefill_logits(self, starting: list[_Slot]) -> torch.Tensor:
-        """(rows, vocab) logits of each starting attempt's last prompt token, from one packed forward that
-        writes each prompt (after the prefix its row holds) into its own cache row."""
+    def _packed_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
+        """(rows, vocab) logits from one packed forward (`forward_rows`): the prompt of each attempt
+        starting (after the prefix its row holds) and the last token of each attempt decoding; each row
+        reads and writes only its own cache row."""
         ids, starts, counts = [], [], []
         for slot in starting:
             cached, todo = self._begin(slot)
             ids += todo
             starts.append(cached)
             counts.append(len(todo))
-        steps = [s.attempt - 1 for s in starting] if self.retry_conditioned else None
-        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in starting], starts,
+        for slot in decoding:
+            ids.append(slot.tokens[-1])
+            starts.append(len(slot.context) + len(slot.tokens) - 1)
+            counts.append(1)
+        rows = starting + decoding
+        steps = [s.attempt - 1 for s in rows] if self.retry_conditioned else None
+        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in rows], starts,
                                        counts, steps)
 
-    def _decode(self, decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
-        """The next tokens of the attempts decoding, in one call over their cache rows: a greedy chunk of
-        several tokens (`compile_decode`) where every attempt has room for all of them, else one token.
-        Tokens a chunk computes past an attempt's end are dropped (their cache writes lie past anything
-        the row keeps)."""
+    def _decode(self, decoding: list[_Slot], compiled: CompiledDecode, pool: ThreadPoolExecutor) -> None:
+        """The next tokens of the attempts decoding, in one compiled call over the cache rows: a greedy
+        chunk of several tokens where every attempt has room for all of them, else one token. Compiled,
+        one attention call over every row (up to the longest context) costs less than one exact call per
+        row; eagerly, it is the other way round (hence `_packed_logits` there). Tokens a chunk computes
+        past an attempt's end are dropped (their cache writes lie past anything the row keeps)."""
         positions = [len(s.context) + len(s.tokens) - 1 for s in decoding]  # where each last token goes
-        compiled = getattr(self.model, "compiled_decode", None)
-        chunk = compiled.chunk if compiled is not None and self.config.temperature <= 0 else 1
+        chunk = compiled.chunk if self.config.temperature <= 0 else 1
         if chunk > 1 and any(len(s.tokens) + chunk > s.budget for s in decoding):
             chunk = 1
         n_keys = max(positions) + 1
