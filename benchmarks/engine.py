@@ -192,18 +192,14 @@ def episodes_by_mode(model, tok, budget: int, n_tasks: int, max_attempts: int) -
 
 def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, compile: bool = False) -> dict:
     """tasks/s of the real benchmark (`run_bench`) at each batch size, and whether every N produced the
-    sequential run's codes. With `compile`, every N runs `bench --compile`; a first run at the first N
-    warms inductor's cache so that no point pays for compiling."""
+    sequential run's codes. With `compile`, every N runs `bench --compile`, which compiles before its
+    timed run (the seconds it took are in each point's `compile_s`)."""
     from nanocodegen.bench import collect_tasks, run_bench
 
     tasks = collect_tasks([suite], None, None)
     curve, reference = {}, None
     quiet = Console(stderr=True, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
-        if compile:
-            for n in sorted({sizes[0], max(sizes)}):  # batch 1 and batched runs compile different graphs
-                run_bench(tasks[:20], AgentConfig(), out=f"{tmp}/warm-{n}", console=quiet, batch=n, threads=threads,
-                          compile=True)
         for n in sizes:
             console.print(f"bench --batch {n}{' --compile' if compile else ''} ({len(tasks)} tasks) ...")
             r = run_bench(tasks, AgentConfig(), out=f"{tmp}/batch-{n}", console=quiet, batch=n, threads=threads,
@@ -212,7 +208,8 @@ def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, co
             reference = reference if reference is not None else codes
             curve[str(n)] = {"tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
                              "solved": r["summary"]["solved"], "attempts": r["summary"]["attempts"],
-                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats")}
+                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats"),
+                             "compile_s": r.get("compile", {}).get("warm_up_s")}
     base = curve[str(sizes[0])]["tasks_per_s"]
     for point in curve.values():
         point["speedup"] = point["tasks_per_s"] / base
