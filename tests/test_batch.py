@@ -124,3 +124,21 @@ def test_bench_batch_flag_writes_results_in_task_order_and_a_plot(tmp_path):
     assert results["config"]["batch"] == 4 and results["summary"]["tasks"] == 6
     assert (tmp_path / "run" / "attempts.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["bench", "--tasks", str(tasks), "--batch", "0"]) == 2
+
+
+def test_bench_compile_batched_equals_eager(tmp_path):
+    # the compiled path end to end: warm-up before the timed run, greedy chunks over named rows, the
+    # scratch row; same episodes as the eager batched run
+    tasks = tmp_path / "mine.jsonl"
+    rows = with_retries(load_suite("synthetic")[40:46])
+    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected}) + "\n" for t in rows))
+    runs = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        assert main(["bench", "--tasks", str(tasks), "--batch", "3", "--max-attempts", "2", "--out", str(out),
+                     *flags]) == 0
+        runs[name] = json.loads((out / "results.json").read_text())
+    codes = {name: [[a["code"] for a in e["attempts"]] for e in r["episodes"]] for name, r in runs.items()}
+    assert codes["compiled"] == codes["eager"]
+    assert runs["compiled"]["compile"]["chunk"] == 4 and runs["compiled"]["compile"]["warm_up_s"] > 0
+    assert runs["compiled"]["batch_stats"]["decoded_tokens"] > runs["compiled"]["batch_stats"]["decoding_rows"]
