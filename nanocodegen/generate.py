@@ -201,8 +201,8 @@ def _append_tokens(
                 hits = (tokens[0] == stop_token).nonzero()
                 k = int(hits[0]) + 1 if hits.numel() else k
         else:
-            after = (tokens == stop_token).cumsum(dim=1) > 0  # (B, k): at or after each row's stop
-            before = torch.cat([finished[:, None], after[:, :-1]], dim=1)  # stopped before this token
+            after = (tokens == stop_token).cumsum(dim=1) > 0  # (B, k): at or after the row's stop in the chunk
+            before = torch.cat([torch.zeros_like(after[:, :1]), after[:, :-1]], dim=1) | finished[:, None]
             tokens = torch.where(before, torch.full_like(tokens, stop_token), tokens)
             finished |= after[:, -1]
             if bool(finished.all()) and k > 1:  # keep tokens up to the step where the last row stopped

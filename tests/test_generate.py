@@ -6,6 +6,7 @@ import torch
 from nanocodegen.generate import (
     CompiledDecode,
     PrefixCache,
+    _append_tokens,
     compile_decode,
     decode_greedy,
     generate,
@@ -105,14 +106,29 @@ def test_greedy_chunks_stop_where_single_steps_stop(tiny_model, chunk):
     stop = free[6]  # inside a chunk for every chunk size here
     stopped = generate(tiny_model, prompt, 20, stop_token=stop).tokens[0].tolist()
     rows = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(5))
-    batched = generate(tiny_model, rows, 11, stop_token=free[3]).tokens
+    row_stop = generate(tiny_model, rows[:1], 11).tokens[0, 1].item()  # row 0 stops in the first chunk
+    batched = generate(tiny_model, rows, 11, stop_token=row_stop).tokens
+    assert (batched[0, 2:] == row_stop).all() and not (batched[1:] == row_stop).all()
     eager_chunks(tiny_model, chunk)
     try:
         assert generate(tiny_model, prompt, 20).tokens[0].tolist() == free
         assert generate(tiny_model, prompt, 20, stop_token=stop).tokens[0].tolist() == stopped
-        assert torch.equal(generate(tiny_model, rows, 11, stop_token=free[3]).tokens, batched)
+        assert torch.equal(generate(tiny_model, rows, 11, stop_token=row_stop).tokens, batched)
     finally:
         uncompile_decode(tiny_model)
+
+
+def test_chunk_bookkeeping_over_rows_that_stop_at_different_steps():
+    # row 0 stopped in an earlier chunk (its chunk tokens are whatever the model made of the stop token),
+    # row 1 stops at step 1, row 2 at step 0 of this chunk: kept up to step 1, stop tokens after each stop
+    out = torch.zeros(3, 8, dtype=torch.long)
+    finished = torch.tensor([True, False, False])
+    kept = _append_tokens(out, 2, torch.tensor([[4, 5, 6], [7, 9, 8], [9, 2, 3]]), finished, stop_token=9)
+    assert kept == 2 and finished.all()
+    assert out[:, 2:4].tolist() == [[9, 9], [7, 9], [9, 9]]
+    finished = torch.tensor([True, False])  # no row stops in the chunk: all of it is kept
+    kept = _append_tokens(out[:2], 0, torch.tensor([[4, 5, 6], [1, 2, 3]]), finished, stop_token=9)
+    assert kept == 3 and out[:2, :3].tolist() == [[9, 9, 9], [1, 2, 3]] and finished.tolist() == [True, False]
 
 
 def test_greedy_chunks_keep_the_prefix_cache_exact(tiny_model):
