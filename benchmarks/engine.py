@@ -190,7 +190,8 @@ def episodes_by_mode(model, tok, budget: int, n_tasks: int, max_attempts: int) -
                          for m, eps in results.items()}}
 
 
-def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, compile: bool = False) -> dict:
+def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, compile: bool = False,
+                checkpoint: str | None = None) -> dict:
     """tasks/s of the real benchmark (`run_bench`) at each batch size, and whether every N produced the
     sequential run's codes. With `compile`, every N runs `bench --compile`, which compiles before its
     timed run (the seconds it took are in each point's `compile_s`)."""
@@ -202,8 +203,8 @@ def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, co
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
             console.print(f"bench --batch {n}{' --compile' if compile else ''} ({len(tasks)} tasks) ...")
-            r = run_bench(tasks, AgentConfig(), out=f"{tmp}/batch-{n}", console=quiet, batch=n, threads=threads,
-                          compile=compile)
+            r = run_bench(tasks, AgentConfig(), checkpoint, out=f"{tmp}/batch-{n}", console=quiet, batch=n,
+                          threads=threads, compile=compile)
             codes = [[a["code"] for a in e["attempts"]] for e in r["episodes"]]
             reference = reference if reference is not None else codes
             curve[str(n)] = {"tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
@@ -358,7 +359,7 @@ def main() -> None:
     results["chart"] = str(chart)
     if args.batch_curve:
         results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console,
-                                             args.curve_compile)
+                                             args.curve_compile, args.checkpoint)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     d = results["models"]["default"]["decode_batch_1"]
     results["ours_decode_tok_s"] = d["ours"]["wall_tok_s"]
