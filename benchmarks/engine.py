@@ -2,7 +2,8 @@
 
     python benchmarks/engine.py --json runs/engine.json          # default model, ~3 min on 2 cores
     python benchmarks/engine.py --json out.json --large          # also a ~85M-parameter model (bandwidth-bound)
-    python benchmarks/engine.py --json out.json --compile        # also our decode step under torch.compile
+    python benchmarks/engine.py --json out.json --compile        # also our decode under compile_decode
+    python benchmarks/engine.py --json out.json --curve-compile --batch-curve 1 16 32   # the curve, compiled
 
 What it measures, each as the median over `--repeats` rounds that alternate ours and HF's:
   decode      tok/s at batch 1: greedy generation of N tokens after a task prompt, our `generate` vs
@@ -44,7 +45,7 @@ from nanocodegen.agent import Agent
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
 from nanocodegen.export_hf import export_model
-from nanocodegen.generate import generate
+from nanocodegen.generate import DECODE_CHUNK, compile_decode, generate
 from nanocodegen.model import ModelConfig, NanoCodeGenAgent
 from nanocodegen.plots import plot_modes
 from nanocodegen.prompt import task_ids
@@ -189,27 +190,31 @@ def episodes_by_mode(model, tok, budget: int, n_tasks: int, max_attempts: int) -
                          for m, eps in results.items()}}
 
 
-def batch_curve(sizes: list[int], suite: str, threads: int, console: Console) -> dict:
+def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, compile: bool = False,
+                checkpoint: str | None = None) -> dict:
     """tasks/s of the real benchmark (`run_bench`) at each batch size, and whether every N produced the
-    sequential run's codes."""
+    sequential run's codes. With `compile`, every N runs `bench --compile`, which compiles before its
+    timed run (the seconds it took are in each point's `compile_s`)."""
     from nanocodegen.bench import collect_tasks, run_bench
 
     tasks = collect_tasks([suite], None, None)
     curve, reference = {}, None
+    quiet = Console(stderr=True, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
         for n in sizes:
-            console.print(f"bench --batch {n} ({len(tasks)} tasks) ...")
-            r = run_bench(tasks, AgentConfig(), out=f"{tmp}/batch-{n}", console=Console(stderr=True, quiet=True),
-                          batch=n, threads=threads)
+            console.print(f"bench --batch {n}{' --compile' if compile else ''} ({len(tasks)} tasks) ...")
+            r = run_bench(tasks, AgentConfig(), checkpoint, out=f"{tmp}/batch-{n}", console=quiet, batch=n,
+                          threads=threads, compile=compile)
             codes = [[a["code"] for a in e["attempts"]] for e in r["episodes"]]
             reference = reference if reference is not None else codes
             curve[str(n)] = {"tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
                              "solved": r["summary"]["solved"], "attempts": r["summary"]["attempts"],
-                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats")}
+                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats"),
+                             "compile_s": r.get("compile", {}).get("warm_up_s")}
     base = curve[str(sizes[0])]["tasks_per_s"]
     for point in curve.values():
         point["speedup"] = point["tasks_per_s"] / base
-    return {"suite": suite, "tasks": len(tasks), "by_batch": curve}
+    return {"suite": suite, "tasks": len(tasks), "compile": compile, "by_batch": curve}
 
 
 def bench_model(name: str, model, tok, args, console: Console, prompts: list[list[int]]) -> dict:
@@ -223,8 +228,10 @@ def bench_model(name: str, model, tok, args, console: Console, prompts: list[lis
     if args.compile:
         compiled = NanoCodeGenAgent.from_config(model.config)
         compiled.load_state_dict(model.state_dict())
-        compiled.eval().decode_step = torch.compile(compiled.decode_step, dynamic=True, fullgraph=True)
+        t0 = time.perf_counter()
+        compile_decode(compiled.eval(), args.chunk)
         same_compiled = torch.equal(ours_generate(compiled, ids, n), ours_generate(model, ids, n))
+        compile_s = time.perf_counter() - t0  # the first call compiles (from inductor's disk cache if warm)
         engines["ours_compiled"] = lambda i, k: ours_generate(compiled, i, k)
     console.print(f"[{name}] decode at batch 1 ...")
     # Other jobs on a shared machine move the bandwidth left to us: measure it around the decode rounds.
@@ -244,6 +251,7 @@ def bench_model(name: str, model, tok, args, console: Console, prompts: list[lis
            "batched_decode": batched}
     if args.compile:
         out["compiled_same_tokens"] = same_compiled
+        out["compile"] = {"chunk": args.chunk, "first_call_s": compile_s}
     read = statistics.mean(b["read_bytes_s"] for b in bandwidth)
     out["floor"] = decode_floor(model, len(prompts[0]) + n // 2, read) | {"bandwidth_around_decode": bandwidth}
     out["floor"]["ours_share_of_floor"] = decode["ours"]["wall_tok_s"] / out["floor"]["floor_tok_s"]
@@ -318,7 +326,10 @@ def main() -> None:
     parser.add_argument("--large", action="store_true", help=f"also a random-weight model {LARGE}")
     parser.add_argument("--large-new-tokens", type=int, default=32)
     parser.add_argument("--large-repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also our decode step under torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="also our decode under compile_decode (torch.compile, greedy chunks)")
+    parser.add_argument("--chunk", type=int, default=DECODE_CHUNK, help="greedy tokens per compiled call")
+    parser.add_argument("--curve-compile", action="store_true", help="the bench curve runs bench --compile")
     parser.add_argument("--batch-curve", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64], metavar="N",
                         help="batch sizes for the bench curve (the first is the baseline; none: skip)")
     parser.add_argument("--curve-suite", default="synthetic", help="suite the curve runs")
@@ -347,13 +358,17 @@ def main() -> None:
     results["episodes"] = episodes
     results["chart"] = str(chart)
     if args.batch_curve:
-        results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console)
+        results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console,
+                                             args.curve_compile, args.checkpoint)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     d = results["models"]["default"]["decode_batch_1"]
     results["ours_decode_tok_s"] = d["ours"]["wall_tok_s"]
     results["hf_decode_tok_s"] = d["hf"]["wall_tok_s"]
     results["ratio"] = results["ours_decode_tok_s"] / results["hf_decode_tok_s"]
     results["ratio_cpu"] = d["ours"]["cpu_tok_s"] / d["hf"]["cpu_tok_s"]
+    if "ours_compiled" in d:
+        results["ours_compiled_decode_tok_s"] = d["ours_compiled"]["wall_tok_s"]
+        results["ratio_compiled"] = d["ours_compiled"]["wall_tok_s"] / d["hf"]["wall_tok_s"]
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     print_tables(console, results)

@@ -12,6 +12,11 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
      each row attends to exactly its own cached positions (prefill and decode in one step, as vLLM's
      chunked prefill does). Each row samples its next token; an attempt that ends (stop token or token
      budget) hands its program to a verifier thread and keeps its row while it waits.
+     With `compile_decode` (`bench --batch N --compile`) the step splits in two: the prompts starting go
+     through that packed forward, then every attempt decoding takes its next tokens from one compiled
+     call over all cache rows (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when
+     every attempt has room for them, else one). The cache has one scratch row beyond the N slots, which
+     pads a lone decoding row to two so that one compiled graph serves every step.
 Verification runs in threads (the sandbox does the work in other processes), so checking one episode's
 program overlaps the generation of the others.
 
@@ -41,7 +46,7 @@ from nanocodegen.agent import (
     overflow_record,
 )
 from nanocodegen.config import AgentConfig
-from nanocodegen.generate import Generation, PrefixCache, sample
+from nanocodegen.generate import CompiledDecode, Generation, PrefixCache, sample
 from nanocodegen.model import NanoCodeGenAgent
 from nanocodegen.prompt import task_ids
 from nanocodegen.records import EpisodeRecord, Outcome, Verdict
@@ -83,6 +88,11 @@ def _timed_verify(verifier, task: Task, code: str, timeout_ms: int) -> tuple[Ver
     return verdict, (time.perf_counter() - t0) * 1e3
 
 
+def cache_rows(batch_size: int, n_tasks: int) -> int:
+    """KV-cache rows a run installs: one per slot, and a scratch row (see `BatchedAgents._decode`)."""
+    return min(batch_size, n_tasks) + 1
+
+
 @dataclass
 class BatchStats:
     """Where a batched run's main thread spent its time (seconds), and how full its steps were."""
@@ -90,11 +100,14 @@ class BatchStats:
     steps: int = 0
     step_s: float = 0.0  # in model steps (prefills and decodes together)
     prefills: int = 0  # attempts started, summed over steps
-    decoding_rows: int = 0  # decode tokens, summed over steps
+    decode_calls: int = 0  # model calls that decoded (a greedy chunk or one token per row)
+    decoding_rows: int = 0  # rows decoded, summed over calls
+    decoded_tokens: int = 0  # tokens computed by those calls (a greedy chunk computes several per row)
+    discarded_tokens: int = 0  # computed by a greedy chunk past an attempt's end, and dropped
     waiting_s: float = 0.0  # nothing to generate: every live episode was being verified
 
     def as_dict(self) -> dict:
-        mean = self.decoding_rows / self.steps if self.steps else 0.0
+        mean = self.decoding_rows / self.decode_calls if self.decode_calls else 0.0
         return {**self.__dict__, "mean_decoding_rows": mean}
 
 
@@ -147,7 +160,7 @@ class BatchedAgents:
         if not slots:
             return []
         if self.config.kv_cache != "none":
-            self.model.setup_kv_cache(len(slots))
+            self.model.setup_kv_cache(cache_rows(self.batch_size, len(slots)))
 
         def finished(slot: _Slot) -> None:
             record = finish_episode(slot.episode, slot.t_episode)
@@ -176,7 +189,6 @@ class BatchedAgents:
                     stats.steps += 1
                     stats.step_s += time.perf_counter() - t0
                     stats.prefills += len(starting)
-                    stats.decoding_rows += len(decoding)
                 elif any(s.state == VERIFYING for s in slots):
                     wait([s.future for s in slots if s.state == VERIFYING], return_when=FIRST_COMPLETED)
                     stats.waiting_s += time.perf_counter() - t0
@@ -255,24 +267,41 @@ class BatchedAgents:
 
     # --- the batched step ---------------------------------------------------------------------------
     def _step(self, starting: list[_Slot], decoding: list[_Slot], pool: ThreadPoolExecutor) -> None:
-        """One model step: the prompts of the attempts starting and the next token of those decoding."""
-        t0 = time.perf_counter()
-        if self.config.kv_cache == "none":
-            logits = self._uncached_logits(starting, decoding)
-        else:
-            logits = self._cached_logits(starting, decoding)
-        rows = starting + decoding
-        if self.config.temperature > 0:
-            tokens = [self._sample(logits[i : i + 1], s) for i, s in enumerate(rows)]
-        else:
-            tokens = logits.argmax(dim=-1).tolist()
-        for slot, token in zip(starting, tokens, strict=False):
-            self._started(slot, token, t0, pool)
-        for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
-            self._append(slot, token, pool)
+        """One scheduler step: the prompts of the attempts starting and the next tokens of those decoding.
 
-    def _cached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
-        """(rows, vocab) logits from one packed forward; each row reads and writes only its own cache row."""
+        Eagerly (and without a cache), one packed forward computes both, each row attending to exactly
+        its own keys. With `compile_decode`, the prompts go first through that packed forward, then every
+        attempt decoding (those just started included) takes a greedy chunk, or one token, from one
+        compiled call over all cache rows (`_decode`)."""
+        t0 = time.perf_counter()
+        compiled = getattr(self.model, "compiled_decode", None)
+        if self.config.kv_cache == "none" or compiled is None:
+            rows = starting + decoding
+            if self.config.kv_cache == "none":
+                logits = self._uncached_logits(starting, decoding)
+            else:
+                logits = self._packed_logits(starting, decoding)
+            tokens = self._pick(logits, rows)
+            for slot, token in zip(starting, tokens, strict=False):
+                self._started(slot, token, t0, pool)
+            for slot, token in zip(decoding, tokens[len(starting) :], strict=True):
+                self._append(slot, token, pool)
+            if decoding:
+                self.stats.decode_calls += 1
+                self.stats.decoding_rows += len(decoding)
+                self.stats.decoded_tokens += len(decoding)
+            return
+        if starting:
+            for slot, token in zip(starting, self._pick(self._packed_logits(starting, []), starting), strict=True):
+                self._started(slot, token, t0, pool)
+        decoding = [s for s in decoding + starting if s.state == DECODING]
+        if decoding:
+            self._decode(decoding, compiled, pool)
+
+    def _packed_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
+        """(rows, vocab) logits from one packed forward (`forward_rows`): the prompt of each attempt
+        starting (after the prefix its row holds) and the last token of each attempt decoding; each row
+        reads and writes only its own cache row."""
         ids, starts, counts = [], [], []
         for slot in starting:
             cached, todo = self._begin(slot)
@@ -287,6 +316,49 @@ class BatchedAgents:
         steps = [s.attempt - 1 for s in rows] if self.retry_conditioned else None
         return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in rows], starts,
                                        counts, steps)
+
+    def _decode(self, decoding: list[_Slot], compiled: CompiledDecode, pool: ThreadPoolExecutor) -> None:
+        """The next tokens of the attempts decoding, in one compiled call over the cache rows: a greedy
+        chunk of several tokens where every attempt has room for all of them, else one token. Compiled,
+        one attention call over every row (up to the longest context) costs less than one exact call per
+        row; eagerly, it is the other way round (hence `_packed_logits` there). Tokens a chunk computes
+        past an attempt's end are dropped (their cache writes lie past anything the row keeps)."""
+        positions = [len(s.context) + len(s.tokens) - 1 for s in decoding]  # where each last token goes
+        chunk = compiled.chunk if self.config.temperature <= 0 else 1
+        if chunk > 1 and any(len(s.tokens) + chunk > s.budget for s in decoding):
+            chunk = 1
+        n_keys = max(positions) + 1
+        tokens = [s.tokens[-1] for s in decoding]
+        rows = [s.row for s in decoding]
+        steps = [s.attempt - 1 for s in decoding]
+        if len(decoding) == 1:
+            # A compiled step specialises a batch of one; the cache's scratch row (the last, no slot's)
+            # pads a lone row to two, so that one compiled graph serves every step.
+            tokens, positions, steps = tokens + [0], positions + [0], steps + [0]
+            rows = rows + [self.model.cache_batch_size - 1]
+        as_tensor = lambda values: torch.tensor(values, device=self.device)  # noqa: E731
+        args = (as_tensor(tokens), as_tensor(positions), n_keys)
+        retry = as_tensor(steps) if self.retry_conditioned else None
+        if chunk > 1:
+            new = compiled.greedy(*args, retry_steps=retry, rows=as_tensor(rows)).tolist()  # (R, chunk)
+        else:
+            logits = self.model.decode_step(*args, retry, as_tensor(rows))[: len(decoding)]
+            new = [[t] for t in self._pick(logits, decoding)]
+        self.stats.decode_calls += 1
+        self.stats.decoding_rows += len(decoding)
+        self.stats.decoded_tokens += len(decoding) * chunk
+        for slot, tokens in zip(decoding, new, strict=False):  # a scratch row's tokens come last
+            for i, token in enumerate(tokens):
+                self._append(slot, token, pool)
+                if slot.state != DECODING:
+                    self.stats.discarded_tokens += len(tokens) - i - 1
+                    break
+
+    def _pick(self, logits: torch.Tensor, slots: list[_Slot]) -> list[int]:
+        """Each row's next token: greedy, or sampled from the row's own generator."""
+        if self.config.temperature > 0:
+            return [self._sample(logits[i : i + 1], s) for i, s in enumerate(slots)]
+        return logits.argmax(dim=-1).tolist()
 
     def _uncached_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
         """Cache mode "none": each row's whole context, right-padded, recomputed in one forward. Causal

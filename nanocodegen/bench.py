@@ -27,10 +27,10 @@ from rich.console import Console
 from rich.table import Table
 
 from nanocodegen.agent import Agent
-from nanocodegen.batch import BatchedAgents
+from nanocodegen.batch import BatchedAgents, cache_rows
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
 from nanocodegen.config import AgentConfig
-from nanocodegen.generate import compile_decode
+from nanocodegen.generate import compile_decode, warm_up_decode
 from nanocodegen.metrics import HEADLINES, QUALITY_SUITE, bench_metrics, quality, summarize
 from nanocodegen.provenance import provenance, report_header
 from nanocodegen.tasks import Task, load_suite, read_tasks
@@ -217,6 +217,9 @@ def run_bench(
     }
     if resume:
         results["resumed"] = {"episodes_kept": len(records), "previous_wall_s": previous_wall}
+    if compile:  # compiling (or loading from inductor's disk cache) happens here, before the timed run
+        rows = 1 if batch == 1 else cache_rows(batch, len(todo))
+        results["compile"] = {"chunk": model.compiled_decode.chunk, "warm_up_s": warm_up_decode(model, rows)}
     split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
     episodes_path = (out_dir / EPISODES_FILE).open("a" if resume else "w")

@@ -1,5 +1,6 @@
 """Batched agents produce the sequential agent's episodes (real model, real verifier)."""
 
+import functools
 import json
 from dataclasses import replace
 
@@ -11,6 +12,7 @@ from nanocodegen.batch import BatchedAgents
 from nanocodegen.checkpoint import default_checkpoint, load_checkpoint
 from nanocodegen.cli import main
 from nanocodegen.config import AgentConfig
+from nanocodegen.generate import CompiledDecode, decode_greedy, uncompile_decode
 from nanocodegen.model import NanoCodeGenAgent
 from nanocodegen.tasks import load_suite
 from nanocodegen.verifier import CodeVerifier
@@ -64,6 +66,26 @@ def test_greedy_batched_equals_sequential(shipped, verifier, mode, n_tasks):
         assert any(a.cached_tokens > 0 for e in batched for a in e.attempts)
 
 
+@pytest.mark.parametrize("mode", ["prefix", "attempt"])
+def test_greedy_chunks_batched_equal_sequential(shipped, verifier, mode):
+    # compile_decode's greedy chunks, run eagerly (the same function, without the compiler): attempts end
+    # inside chunks, rows near their budget fall back to single steps, a lone row is padded with the
+    # scratch row; the records must still be the sequential single-step agent's
+    model, tok, budget = shipped
+    tasks = with_retries(load_suite("synthetic")[24:36])
+    config = AgentConfig(kv_cache=mode, max_attempts=3, max_new_tokens=40)
+    sequential = [Agent(model, tok, verifier, config, budget).run(t) for t in tasks]
+    model.compiled_decode = CompiledDecode(3, functools.partial(decode_greedy, model, steps=3))
+    try:
+        runner = BatchedAgents(model, tok, verifier, config, 4, budget)
+        batched = runner.run(tasks)
+    finally:
+        uncompile_decode(model)
+    assert comparable(batched) == comparable(sequential)
+    stats = runner.stats
+    assert stats.decoded_tokens > stats.decoding_rows and stats.discarded_tokens > 0  # chunks ran, and overran
+
+
 def test_sampled_batched_equals_sequential(shipped, verifier):
     # each episode draws from its own generator, seeded from the run's seed and the task id
     model, tok, budget = shipped
@@ -83,6 +105,11 @@ def test_retry_conditioned_model_batches_with_per_row_retry_steps(shipped, verif
                                    max_new_tokens=12)
     assert all(len(e.attempts) == 3 for e in sequential)
     assert comparable(batched) == comparable(sequential)
+    if mode == "attempt":  # greedy chunks carry each row's retry step too
+        model.compiled_decode = CompiledDecode(4, functools.partial(decode_greedy, model, steps=4))
+        chunked = BatchedAgents(model, tok, verifier, AgentConfig(kv_cache=mode, max_attempts=3, max_new_tokens=12),
+                                2, 8).run(tasks)
+        assert comparable(chunked) == comparable(sequential)
     with pytest.raises(ValueError, match="retry-step conditioning"):
         BatchedAgents(model, tok, verifier, AgentConfig(kv_cache="prefix"))
 
@@ -97,3 +124,21 @@ def test_bench_batch_flag_writes_results_in_task_order_and_a_plot(tmp_path):
     assert results["config"]["batch"] == 4 and results["summary"]["tasks"] == 6
     assert (tmp_path / "run" / "attempts.png").read_bytes()[:4] == b"\x89PNG"
     assert main(["bench", "--tasks", str(tasks), "--batch", "0"]) == 2
+
+
+def test_bench_compile_batched_equals_eager(tmp_path):
+    # the compiled path end to end: warm-up before the timed run, greedy chunks over named rows, the
+    # scratch row; same episodes as the eager batched run
+    tasks = tmp_path / "mine.jsonl"
+    rows = with_retries(load_suite("synthetic")[40:46])
+    tasks.write_text("".join(json.dumps({"id": t.id, "prompt": t.prompt, "expected": t.expected}) + "\n" for t in rows))
+    runs = {}
+    for name, flags in (("eager", []), ("compiled", ["--compile"])):
+        out = tmp_path / name
+        assert main(["bench", "--tasks", str(tasks), "--batch", "3", "--max-attempts", "2", "--out", str(out),
+                     *flags]) == 0
+        runs[name] = json.loads((out / "results.json").read_text())
+    codes = {name: [[a["code"] for a in e["attempts"]] for e in r["episodes"]] for name, r in runs.items()}
+    assert codes["compiled"] == codes["eager"]
+    assert runs["compiled"]["compile"]["chunk"] == 4 and runs["compiled"]["compile"]["warm_up_s"] > 0
+    assert runs["compiled"]["batch_stats"]["decoded_tokens"] > runs["compiled"]["batch_stats"]["decoding_rows"]

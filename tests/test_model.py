@@ -97,6 +97,39 @@ def test_decode_step_rows_at_different_positions_equal_full_forwards(tiny_model)
             assert torch.allclose(logits[row], full[row][p], atol=1e-5)
 
 
+def test_decode_step_on_named_rows_leaves_the_other_rows_alone(tiny_model):
+    # rows 3 and 1 of a 4-row cache step; rows 0 and 2 hold other sequences, which must not change
+    seqs = [torch.randint(0, 97, (1, 24), generator=torch.Generator().manual_seed(40 + r)) for r in range(4)]
+    full = [tiny_model(s)[0][0] for s in seqs]  # (T, vocab) each
+    tiny_model.setup_kv_cache(4)
+    prompt = [6, 12, 9, 17]
+    for row, (s, n) in enumerate(zip(seqs, prompt, strict=True)):
+        tiny_model(s[:, :n], start_pos=0, cache_row=row)
+    before = tiny_model.layers[0].attn.kv_cache.kv.clone()
+    rows, positions = torch.tensor([3, 1]), torch.tensor([17, 12])
+    tokens = torch.stack([seqs[r][0, p] for r, p in zip(rows.tolist(), positions.tolist(), strict=True)])
+    logits = tiny_model.decode_step(tokens, positions, 18, rows=rows)
+    for i, (r, p) in enumerate(zip(rows.tolist(), positions.tolist(), strict=True)):
+        assert torch.allclose(logits[i], full[r][p], atol=1e-5)
+    after = tiny_model.layers[0].attn.kv_cache.kv
+    assert torch.equal(after[:, [0, 2]], before[:, [0, 2]])
+
+
+def test_compiled_decode_step_on_named_rows_equals_eager(tiny_model):
+    # compiled, the masked attention is written out (see decode_step); it must agree with SDPA's
+    step = torch.compile(tiny_model.decode_step, dynamic=True, fullgraph=True)
+    tiny_model.setup_kv_cache(5)
+    for row in range(5):
+        tiny_model(torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(row)), start_pos=0,
+                   cache_row=row)
+    rows, positions, tokens = torch.tensor([4, 0, 2]), torch.tensor([20, 11, 16]), torch.tensor([1, 2, 3])
+    saved = [b.attn.kv_cache.kv.clone() for b in tiny_model.layers]
+    eager = tiny_model.decode_step(tokens, positions, 21, rows=rows)
+    for b, kv in zip(tiny_model.layers, saved, strict=True):
+        b.attn.kv_cache.kv.copy_(kv)
+    assert torch.allclose(step(tokens, positions, 21, rows=rows), eager, atol=1e-5)
+
+
 def test_decode_step_adds_retry_vectors_per_row_and_none_at_step_zero():
     torch.manual_seed(0)
     model = NanoCodeGenAgent(vocab_size=50, d_model=16, n_heads=2, n_layers=1, max_seq_len=32).eval()
