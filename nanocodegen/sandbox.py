@@ -167,8 +167,8 @@ class _ServerDied(Exception):
 class _Server:
     """One sandbox server process and the socket to it. Not thread-safe: the pool hands it to one caller."""
 
-    def __init__(self, limits: Limits, disable: tuple[str, ...]):
-        self.limits, self.disable = limits, disable
+    def __init__(self, limits: Limits, disable: tuple[str, ...], spare_core: bool = False):
+        self.limits, self.disable, self.spare_core = limits, disable, spare_core
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.base_dir = ""
@@ -181,7 +181,7 @@ class _Server:
                                "from an interpreter binary rather than an embedded one")
         self.base_dir = tempfile.mkdtemp(prefix="ncg-sandbox-")
         ours, theirs = socket.socketpair()
-        config = {"limits": asdict(self.limits), "disable": list(self.disable)}
+        config = {"limits": asdict(self.limits), "disable": list(self.disable), "spare_core": self.spare_core}
         cmd = [
             sys.executable, "-S", "-s", "-P", "-B", "-X", "utf8", _SERVER_SCRIPT,
             str(theirs.fileno()), marshal.dumps(config).hex(), self.base_dir,
@@ -304,7 +304,10 @@ class Sandbox:
             raise ValueError(f"unknown layers {unknown} in disable_layers; choose from {list(LAYER_SWITCHES)}")
         self.limits = limits or Limits()
         self.allow_weak_isolation = allow_weak_isolation
-        self._servers = [_Server(self.limits, tuple(disable_layers)) for _ in range(workers)]
+        # Fewer servers than cores: each child can warm up on a core of its own while the program before
+        # it runs (see sandbox_server.Server).
+        spare_core = workers < len(os.sched_getaffinity(0))
+        self._servers = [_Server(self.limits, tuple(disable_layers), spare_core) for _ in range(workers)]
         self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
         self._closed = False
         self._tests: dict[str, bytes] = {}  # test code -> its marshalled code object
