@@ -91,7 +91,9 @@ class Server:
     caller leaves gaps between requests (the agent loop: the model generates), the used child is reaped
     and the next one forked after the reply, in the gap, unless the program is still running after
     QUICK_S. When requests come back to back there is no gap to hide that work in: the next child is
-    forked, and the previous one reaped, while the program runs instead.
+    forked while the program runs instead, and a used child is reaped one request later, after the next
+    reply (SIGKILLed at its report, it has exited by then, so reaping it does not wait on its exit), or
+    as soon as the caller pauses.
 
     A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
     its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
@@ -111,7 +113,7 @@ class Server:
         self.warm_children = True
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
-        self.used: _Child | None = None  # back to back: the last used child, killed, reaped during the next run
+        self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
         self.free_dirs: list[tuple[str, int]] = []  # (empty run directory, its Landlock ruleset fd or -1)
 
     def serve(self, client: int) -> None:
@@ -145,7 +147,10 @@ class Server:
                 if quick_s:
                     self.finish(child)  # in the caller's gap
                 else:
-                    self.used = child  # its clean-up waits for the next run (run()), off the critical path
+                    # Back to back: reap the child killed one request ago (dead by now, so wait4 does not wait
+                    # on its exit) while the caller reads this reply; this one's turn comes after the next.
+                    self.finish_used()
+                    self.used = child
         finally:
             if spare is not None:
                 self.finish(spare)
@@ -206,9 +211,8 @@ class Server:
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
-        if self.used is not None:  # back to back: while the program runs, fork the next child, reap the last
+        if self.used is not None:  # back to back: fork the next child while the program runs
             spare = self.spawn()
-            self.finish_used()
         state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
             if spare is None:

@@ -484,3 +484,19 @@ def test_back_to_back_runs_are_reaped_once_the_caller_pauses(box):
             break
         time.sleep(0.01)
     assert len(children) == 1 and state(children[0]) == "S"
+
+
+def test_the_warm_up_programs_pass_the_lint_and_their_test():
+    # A warm-up that failed part-way would warm only part of the job's path.
+    import _ast
+
+    from nanocodegen import sandbox_child as child
+    from nanocodegen.sandbox_lint import check
+
+    code = child._WARM_UP_TESTED_CODE
+    tree = compile(code, child.FILENAME, "exec", _ast.PyCF_ONLY_AST)
+    assert check(code, tree, "tests", child.AVAILABLE_MODULES) == ""
+    program = compile(code, child.FILENAME, "exec")
+    test = compile(child._WARM_UP_TEST, child.TEST_FILENAME, "exec")
+    assert child._execute(program, test, "f", "", child._WARM_UP_LIMITS) == (OK, "", "")
+    child.warm_up()  # both programs, every step, raises nothing
