@@ -300,7 +300,7 @@ class Server:
         try:
             st = os.lstat(run_dir)
             fresh = st.st_mode & 0o177777 == _DIR_0700 and st.st_uid == os.geteuid()
-            fresh = fresh and st.st_nlink == 2 and not os.listdir(run_dir)
+            fresh = fresh and not os.listdir(run_dir)
         except OSError:
             fresh = False
         if fresh and len(self.free_dirs) < FREE_DIRS:
