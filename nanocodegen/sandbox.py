@@ -12,13 +12,12 @@ stdlib modules and never torch, so forking it is cheap and safe however many thr
 child is forked and set up before its request arrives (the next one is forked while the current program
 runs, or after the reply when the caller leaves a gap; a used child is reaped in the caller's gap, or
 after the next reply when requests come back to back), so neither fork, set-up nor exit counts against
-the time limit or sits on a check's critical path; a child forked while the caller leaves gaps, or while
-its server has a core of its own (fewer workers than cores), also warms up the job's path during its
-set-up (sandbox_child.warm_up). The child checks the program (layer 1), compiles it and runs it as a
-module body with the real builtins and a fresh globals dict; `str(result)` (or "None" when no global
-`result` exists) is the output. With tests, the test code (trusted: it comes with the suite, and is
-compiled once by the client) runs next in the same namespace, then `check(entry_point)`, as HumanEval's
-harness does.
+the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also warms
+up the job's path during its set-up (sandbox_child.warm_up). The child checks the program (layer 1),
+compiles it and runs it as a module body with the real builtins and a fresh globals dict; `str(result)`
+(or "None" when no global `result` exists) is the output. With tests, the test code (trusted: it comes
+with the suite, and is compiled once by the client) runs next in the same namespace, then
+`check(entry_point)`, as HumanEval's harness does.
 
 The layers, each with what it stops and what it does not:
 
@@ -170,8 +169,8 @@ class _ServerDied(Exception):
 class _Server:
     """One sandbox server process and the socket to it. Not thread-safe: the pool hands it to one caller."""
 
-    def __init__(self, limits: Limits, disable: tuple[str, ...], spare_core: bool = False):
-        self.limits, self.disable, self.spare_core = limits, disable, spare_core
+    def __init__(self, limits: Limits, disable: tuple[str, ...]):
+        self.limits, self.disable = limits, disable
         self.proc: subprocess.Popen | None = None
         self.sock: socket.socket | None = None
         self.base_dir = ""
@@ -184,7 +183,7 @@ class _Server:
                                "from an interpreter binary rather than an embedded one")
         self.base_dir = tempfile.mkdtemp(prefix="ncg-sandbox-")
         ours, theirs = socket.socketpair()
-        config = {"limits": asdict(self.limits), "disable": list(self.disable), "spare_core": self.spare_core}
+        config = {"limits": asdict(self.limits), "disable": list(self.disable)}
         cmd = [
             sys.executable, "-S", "-s", "-P", "-B", "-X", "utf8", _SERVER_SCRIPT,
             str(theirs.fileno()), marshal.dumps(config).hex(), self.base_dir,
@@ -307,10 +306,7 @@ class Sandbox:
             raise ValueError(f"unknown layers {unknown} in disable_layers; choose from {list(LAYER_SWITCHES)}")
         self.limits = limits or Limits()
         self.allow_weak_isolation = allow_weak_isolation
-        # Fewer servers than cores: each child can warm up on a core of its own while the program before
-        # it runs (see sandbox_server.Server).
-        spare_core = workers < len(os.sched_getaffinity(0))
-        self._servers = [_Server(self.limits, tuple(disable_layers), spare_core) for _ in range(workers)]
+        self._servers = [_Server(self.limits, tuple(disable_layers)) for _ in range(workers)]
         self._idle: queue.SimpleQueue[_Server] = queue.SimpleQueue()
         self._closed = False
         self._tests: dict[str, bytes] = {}  # test code -> its marshalled code object

@@ -250,8 +250,7 @@ def warm_up(stop_fd: int = -1) -> None:
 
     The server calls it a few times before it forks, so that lazy set-up (the AST types, the interpreter's
     specialisation of this module's code) is done once, in the server. A child forked while the caller
-    leaves gaps between requests, or while the program before it runs on another core (see
-    sandbox_server.Server), calls it once it is ready, so that the page faults a first parse, lint
+    leaves gaps between requests calls it once it is ready, so that the page faults a first parse, lint
     and run take (a fresh fork touching memory it shares with the server) fall before its job arrives,
     not while it runs: measured, a fresh child's parse + lint + compile of `result = 1` takes ~330 us
     cold and ~35 us warm, for ~650 us of warm-up. It stops between steps once `stop_fd` is readable (the

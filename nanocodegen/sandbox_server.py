@@ -5,15 +5,15 @@ imports torch or the nanocodegen package (whose __init__ may):
 
     python -S -s -P -B -X utf8 nanocodegen/sandbox_server.py FD CONFIG BASE_DIR
 
-CONFIG is {"limits": Limits as a dict, "disable": [layer names], "spare_core": bool (see Server)},
-marshalled and hex-encoded. The server imports only small stdlib modules, because every page it maps is
-copied into each child's page tables at fork and every page a child touches is copied on write; both are
-the per-run cost. The modules programs may import (sandbox_child.AVAILABLE_MODULES) come in only with the
-first job that may import them (one not under the `task` policy), since children cannot read them from
-disk. It speaks length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the only
-peer): a hello {"pid", "features"}, then one reply per request {"job": sandbox_child's job dict,
-"timeout_ms": int}; EOF means shut down. The child's side is sandbox_child.py, the kernel calls are in
-sandbox_os.py, and what the isolation does and does not guarantee is written in nanocodegen/sandbox.py.
+CONFIG is {"limits": Limits as a dict, "disable": [layer names]}, marshalled and hex-encoded. The server
+imports only small stdlib modules, because every page it maps is copied into each child's page tables at
+fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
+may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
+not under the `task` policy), since children cannot read them from disk. It speaks length-prefixed
+marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid", "features"},
+then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means shut down. The
+child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
+does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
@@ -100,16 +100,14 @@ class Server:
     would be; otherwise it is removed.
     """
 
-    def __init__(self, base_dir: str, limits: dict, features: dict, spare_core: bool = False):
+    def __init__(self, base_dir: str, limits: dict, features: dict):
         self.base_dir, self.limits, self.features = base_dir, limits, features
         self.pid = os.getpid()
         self.count = 0
         self.preloaded = False  # AVAILABLE_MODULES imported
         # Children warm up (sandbox_child.warm_up) while the caller leaves gaps between requests, where
-        # that work is hidden, and when the pool leaves this server a core of its own (`spare_core`: fewer
-        # servers than cores), where the next child warms up on it while the program runs; not when
-        # requests come back to back from as many servers as cores, where it would only add to each.
-        self.spare_core = spare_core
+        # that work is hidden; not when requests come back to back, where it would only add to each
+        # (measured: with 1 worker on 2 cores too, where the warm-up competes with the running program).
         self.warm_children = True
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
@@ -126,7 +124,7 @@ class Server:
                 if (request := sandbox_os.recv_msg(client)) is None:
                     break
                 quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
-                self.warm_children = quick_s > 0 or self.spare_core
+                self.warm_children = quick_s > 0
                 if request["job"]["policy"] != "task" and not self.preloaded:
                     # Its child must have the modules a program may import: load them, and replace the
                     # spare, which was forked without them. Once per server.
@@ -416,7 +414,7 @@ def main(argv: list[str]) -> None:
     config, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
     try:
         features = sandbox_os.prepare_server(tuple(config["disable"]))
-        server = Server(base_dir, config["limits"], features, config.get("spare_core", False))
+        server = Server(base_dir, config["limits"], features)
         sandbox_os.send_msg(client, {"pid": os.getpid(), "features": features})
         settle_heap()
         server.serve(client)
