@@ -10,13 +10,14 @@ sandbox_child.py, the kernel calls in sandbox_os.py and sandbox_seccomp.py) star
 interpreter (`python -S -s -P`, a fixed environment, PYTHONHASHSEED=0, TZ=UTC) that imports only small
 stdlib modules and never torch, so forking it is cheap and safe however many threads the caller has. A
 child is forked and set up before its request arrives (the next one is forked while the current program
-runs, or after the reply when the caller leaves a gap), so neither fork, set-up nor exit counts against
-the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also
-warms up the job's path during its set-up (sandbox_child.warm_up). The child checks the program (layer
-1), compiles it and runs it as a module body with the real builtins and a fresh globals dict;
-`str(result)` (or "None" when no global `result` exists) is the output. With tests, the test code
-(trusted: it comes with the suite, and is compiled once by the client) runs next in the same namespace,
-then `check(entry_point)`, as HumanEval's harness does.
+runs, or after the reply when the caller leaves a gap; a used child is reaped in the caller's gap, or
+after the next reply when requests come back to back), so neither fork, set-up nor exit counts against
+the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also warms
+up the job's path during its set-up (sandbox_child.warm_up). The child checks the program (layer 1),
+compiles it and runs it as a module body with the real builtins and a fresh globals dict; `str(result)`
+(or "None" when no global `result` exists) is the output. With tests, the test code (trusted: it comes
+with the suite, and is compiled once by the client) runs next in the same namespace, then
+`check(entry_point)`, as HumanEval's harness does.
 
 The layers, each with what it stops and what it does not:
 
@@ -29,7 +30,8 @@ The layers, each with what it stops and what it does not:
    past it, and then only layer 2 matters. The caller's process never parses untrusted code.
 2. OS isolation, the barrier, in every child before its program runs:
    - Landlock (Linux >= 5.13): no reads, writes, exec or directory listings anywhere but the child's
-     private, empty working directory (HOME and TMPDIR point there; it is deleted after the run), so no
+     private, empty working directory (HOME and TMPDIR point there; after the run it is deleted, or
+     kept for a later run if it is still empty and unchanged, the run's processes all dead), so no
      host files, task files or /proc entries of other processes. ABI >= 4: no TCP; ABI >= 6: no signals
      to processes outside the run. Imports work because the server loaded the allowed modules before
      forking (sandbox_child.AVAILABLE_MODULES); the child's import system finds nothing else.

@@ -224,11 +224,29 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
 
 # A small program that takes the job's whole path: parse, lint, compile, exec, str(result).
 _WARM_UP_CODE = "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n"
+# Once the server has preloaded the modules (a job under the `tests` policy came), a job is usually
+# HumanEval-shaped: an import from typing, a documented function, then test code that calls check().
+_WARM_UP_TESTED_CODE = '''from typing import List, Optional
+
+
+def f(numbers: List[int], k: Optional[int] = None) -> List[int]:
+    """ Keep the even numbers and those past index k, scaled by k.
+    >>> f([1, 2, 3], 2)
+    [4]
+    """
+    out = []
+    for i, n in enumerate(numbers):
+        if n % 2 == 0 or i > (k or 0):
+            out.append(n * (k or 1))
+    return sorted(set(out), key=lambda x: -x)[:10]
+'''
+_WARM_UP_TEST = "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2, 3], 2) == [4]\n"
 _WARM_UP_LIMITS = {"result_chars": 100, "memory_bytes": 0}
 
 
 def warm_up(stop_fd: int = -1) -> None:
-    """Run _WARM_UP_CODE through the job's path, step by step.
+    """Run _WARM_UP_CODE (and, once the server has preloaded the modules, _WARM_UP_TESTED_CODE with its
+    test) through the job's path, step by step.
 
     The server calls it a few times before it forks, so that lazy set-up (the AST types, the interpreter's
     specialisation of this module's code) is done once, in the server. A child forked while the caller
@@ -238,12 +256,21 @@ def warm_up(stop_fd: int = -1) -> None:
     cold and ~35 us warm, for ~650 us of warm-up. It stops between steps once `stop_fd` is readable (the
     job has come), so it delays a job by one step at most."""
     state: dict = {}
-    steps = (
+    steps = [
         lambda: state.update(tree=compile(_WARM_UP_CODE, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
         lambda: sandbox_lint.check(_WARM_UP_CODE, state["tree"], "task", AVAILABLE_MODULES),
         lambda: state.update(program=compile(_WARM_UP_CODE, FILENAME, "exec", dont_inherit=True)),
         lambda: _execute(state["program"], None, "", "", _WARM_UP_LIMITS),
-    )
+    ]
+    if "typing" in sys.modules:  # preloaded (sandbox_server.preload)
+        code = _WARM_UP_TESTED_CODE
+        steps += [
+            lambda: state.update(tree=compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
+            lambda: sandbox_lint.check(code, state["tree"], "tests", AVAILABLE_MODULES),
+            lambda: state.update(program=compile(code, FILENAME, "exec", dont_inherit=True)),
+            lambda: state.update(test=marshal.loads(marshal.dumps(compile(_WARM_UP_TEST, TEST_FILENAME, "exec")))),
+            lambda: _execute(state["program"], state["test"], "f", "", _WARM_UP_LIMITS),
+        ]
     for step in steps:
         if stop_fd >= 0 and select.select([stop_fd], [], [], 0)[0]:
             return

@@ -10,10 +10,10 @@ imports only small stdlib modules, because every page it maps is copied into eac
 fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
 may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
 not under the `task` policy), since children cannot read them from disk. It speaks length-prefixed
-marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid",
-"features"}, then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means
-shut down. The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the
-isolation does and does not guarantee is written in nanocodegen/sandbox.py.
+marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid", "features"},
+then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means shut down. The
+child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
+does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
@@ -58,6 +58,8 @@ SETUP_TIMEOUT_S = 10.0  # a child that is not ready by then is broken, not slow
 WARM_UP_RUNS = 16  # enough for 3.11's adaptive interpreter to specialise the job path's code
 QUICK_S = 0.001  # a program done within this is answered before the next child is forked...
 IDLE_S = 0.0005  # ...if the server waited at least this long for its request (else the caller is in a loop)
+_DIR_0700 = 0o040700  # S_IFDIR | 0700 (no `stat` module: every module the server imports, each child carries)
+FREE_DIRS = 4  # empty run directories (with their Landlock rulesets) kept for reuse; ~3 children live at once
 _SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
 _SIGNAL_NAMES = {
     v: k for k, v in vars(_signal).items()
@@ -75,21 +77,27 @@ class SetupFailed(RuntimeError):
 class _Child:
     # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
     __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run_dir", "reaped", "status", "usage")
-    __slots__ += ("report", "watch")
+    __slots__ += ("report", "watch", "ruleset")
 
-    def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir):
+    def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir, ruleset):
         self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
-        self.out, self.err, self.res, self.run_dir = out, err, res, run_dir
+        self.out, self.err, self.res, self.run_dir, self.ruleset = out, err, res, run_dir, ruleset
         self.reaped, self.status, self.usage = False, 0, None
         self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
 
 
 class Server:
-    """Runs requests one at a time, each in a child forked and set up before the request came; the used
-    child is reaped after the reply. When the caller leaves gaps between requests (the agent loop: the
-    model generates), the next child is forked after the reply, in the gap, unless the program is still
-    running after QUICK_S. When requests come back to back there is no gap to hide it in, and the next
-    child is forked while the program runs instead.
+    """Runs requests one at a time, each in a child forked and set up before the request came. When the
+    caller leaves gaps between requests (the agent loop: the model generates), the used child is reaped
+    and the next one forked after the reply, in the gap, unless the program is still running after
+    QUICK_S. When requests come back to back there is no gap to hide that work in: the next child is
+    forked while the program runs instead, and a used child is reaped one request later, after the next
+    reply (SIGKILLed at its report, it has exited by then, so reaping it does not wait on its exit), or
+    as soon as the caller pauses.
+
+    A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
+    its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
+    would be; otherwise it is removed.
     """
 
     def __init__(self, base_dir: str, limits: dict, features: dict):
@@ -98,16 +106,21 @@ class Server:
         self.count = 0
         self.preloaded = False  # AVAILABLE_MODULES imported
         # Children warm up (sandbox_child.warm_up) while the caller leaves gaps between requests, where
-        # that work is hidden; not when requests come back to back, where it would only add to each.
+        # that work is hidden; not when requests come back to back, where it would only add to each
+        # (measured: with 1 worker on 2 cores too, where the warm-up competes with the running program).
         self.warm_children = True
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
+        self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
+        self.free_dirs: list[tuple[str, int]] = []  # (empty run directory, its Landlock ruleset fd or -1)
 
     def serve(self, client: int) -> None:
         spare = self.spawn()
         try:
             while True:
                 waited = time.perf_counter()
+                if self.used is not None and not select.select([client], [], [], IDLE_S)[0]:
+                    self.finish_used()  # no request came straight away: the caller left a gap after all
                 if (request := sandbox_os.recv_msg(client)) is None:
                     break
                 quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
@@ -116,6 +129,7 @@ class Server:
                     # Its child must have the modules a program may import: load them, and replace the
                     # spare, which was forked without them. Once per server.
                     self.finish(spare)
+                    self.finish_used()
                     preload()
                     self.preloaded, spare = True, self.spawn()
                 child, spare = spare, None
@@ -128,34 +142,44 @@ class Server:
                 sandbox_os.send_msg(client, reply)
                 if spare is None:
                     spare = self.spawn()  # first, so that it sets itself up while we clean up
-                self.finish(child)
+                if quick_s:
+                    self.finish(child)  # in the caller's gap
+                else:
+                    # Back to back: reap the child killed one request ago (dead by now, so wait4 does not wait
+                    # on its exit) while the caller reads this reply; this one's turn comes after the next.
+                    self.finish_used()
+                    self.used = child
         finally:
             if spare is not None:
                 self.finish(spare)
+            self.finish_used()
 
     def spawn(self) -> _Child:
         """Fork the next child; it sets itself up in parallel with whatever the server does next."""
         self.count += 1
-        run_dir = f"{self.base_dir}/run{self.count}"
-        os.mkdir(run_dir, 0o700)
+        if self.free_dirs:
+            run_dir, ruleset = self.free_dirs.pop()
+        else:
+            run_dir = f"{self.base_dir}/run{self.count}"
+            os.mkdir(run_dir, 0o700)
+            # The Landlock ruleset is built here, so the child only has to enforce it.
+            ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
         out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
         ready_r, ready_w = os.pipe()
         go_r, go_w = os.pipe()
         res_r, res_w = os.pipe()
-        # The Landlock ruleset is built here, so the child only has to enforce it.
-        ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
         pid = os.fork()
         if pid == 0:
             fds = (ready_w, go_r, out, err, res_w)
             child_main(fds, run_dir, ruleset, self.limits, self.pid, self.warm_children)
-        for fd in (ready_w, go_r, res_w) + ((ruleset,) if ruleset >= 0 else ()):
+        for fd in (ready_w, go_r, res_w):
             os.close(fd)
         self.live.add(pid)
         try:
             os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
         except OSError:
             pass  # the child got there first, or already died (run() will see that)
-        return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir)
+        return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir, ruleset)
 
     def ready_child(self, child: _Child) -> _Child:
         """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
@@ -185,9 +209,12 @@ class Server:
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
+        if self.used is not None:  # back to back: fork the next child while the program runs
+            spare = self.spawn()
         state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
-            spare = self.spawn()  # a slow program: fork the next child while it runs
+            if spare is None:
+                spare = self.spawn()  # a slow program: fork the next child while it runs
             state = self._wait(child, deadline)
         wall_ms = (time.perf_counter() - start) * 1000
         frame, timed_out = (child.report if state == "report" else None), state == "running"
@@ -258,7 +285,28 @@ class Server:
         self.sweep()
         for fd in (child.pidfd, child.ready, child.go, child.out, child.err, child.res):
             os.close(fd)
-        sandbox_os.remove_tree(child.run_dir)
+        self.recycle_dir(child.run_dir, child.ruleset)
+
+    def finish_used(self) -> None:
+        if self.used is not None:
+            used, self.used = self.used, None
+            self.finish(used)
+
+    def recycle_dir(self, run_dir: str, ruleset: int) -> None:
+        """Keep a dead run's directory for a later run if it is as a fresh one would be (empty, ours, 0700,
+        not a link), else remove it. Its child is reaped and everything it left is killed (finish())."""
+        try:
+            st = os.lstat(run_dir)
+            fresh = st.st_mode & 0o177777 == _DIR_0700 and st.st_uid == os.geteuid()
+            fresh = fresh and not os.listdir(run_dir)
+        except OSError:
+            fresh = False
+        if fresh and len(self.free_dirs) < FREE_DIRS:
+            self.free_dirs.append((run_dir, ruleset))
+            return
+        if ruleset >= 0:
+            os.close(ruleset)
+        sandbox_os.remove_tree(run_dir)
 
     def _reap(self, child: _Child) -> None:
         _, child.status, child.usage = os.wait4(child.pid, 0)

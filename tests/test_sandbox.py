@@ -444,3 +444,59 @@ def test_modules_are_loaded_only_for_jobs_that_may_import():
         assert "_hashlib" not in maps(pid)  # the sketch's tasks cannot import: their server stays small
         assert sandbox.run("import hashlib\nresult = hashlib.md5(b'').hexdigest()[:4]", policy="tests").output == "d41d"
         assert "_hashlib" in maps(pid) and sandbox.server_pids() == [pid]
+
+
+def test_reused_run_dirs_start_empty_and_dirty_ones_are_replaced(box):
+    # Back to back, as a benchmark calls it: clean directories are reused, ones a program wrote to are not.
+    writes = "import os\nseen = sorted(os.listdir('.'))\nopen('f', 'w').write('x')\nresult = (os.getcwd(), seen)"
+    reads = "import os\nresult = (os.getcwd(), sorted(os.listdir('.')))"
+    dirty, clean = set(), []
+    for i in range(12):
+        cwd, seen = eval(box.run(writes if i % 3 == 0 else reads, policy="").output)  # noqa: S307 - our repr
+        assert seen == []  # every run starts in an empty directory, reused or not
+        assert cwd not in dirty  # a directory that held a file is never handed out again
+        if i % 3 == 0:
+            dirty.add(cwd)
+        else:
+            clean.append(cwd)
+    assert len(set(clean)) < len(clean)  # directories left clean were reused
+
+
+def test_a_run_dir_the_program_locked_is_not_reused():
+    # Without seccomp a program can chmod its directory; the server then replaces it rather than reuse it.
+    with Sandbox(workers=1, disable_layers=("seccomp",), allow_weak_isolation=True) as sandbox:
+        locked = sandbox.run("import os\nos.chmod('.', 0o500)\nresult = os.getcwd()").output
+        for _ in range(6):
+            r = sandbox.run("import os\nopen('g', 'w').write('y')\nresult = (os.getcwd(), sorted(os.listdir('.')))")
+            cwd, listing = eval(r.output)  # noqa: S307 - our own repr of a tuple
+            assert cwd != locked and listing == ["g"]
+
+
+def test_back_to_back_runs_are_reaped_once_the_caller_pauses(box):
+    for _ in range(5):
+        assert box.run("result = 1").ok
+    (server,) = box.server_pids()
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:  # the last used child is reaped in the caller's gap
+        with open(f"/proc/{server}/task/{server}/children") as f:
+            children = [int(p) for p in f.read().split()]
+        if len(children) == 1 and state(children[0]) == "S":  # only the spare, waiting for a request
+            break
+        time.sleep(0.01)
+    assert len(children) == 1 and state(children[0]) == "S"
+
+
+def test_the_warm_up_programs_pass_the_lint_and_their_test():
+    # A warm-up that failed part-way would warm only part of the job's path.
+    import _ast
+
+    from nanocodegen import sandbox_child as child
+    from nanocodegen.sandbox_lint import check
+
+    code = child._WARM_UP_TESTED_CODE
+    tree = compile(code, child.FILENAME, "exec", _ast.PyCF_ONLY_AST)
+    assert check(code, tree, "tests", child.AVAILABLE_MODULES) == ""
+    program = compile(code, child.FILENAME, "exec")
+    test = compile(child._WARM_UP_TEST, child.TEST_FILENAME, "exec")
+    assert child._execute(program, test, "f", "", child._WARM_UP_LIMITS) == (OK, "", "")
+    child.warm_up()  # both programs, every step, raises nothing
