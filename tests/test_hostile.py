@@ -285,17 +285,6 @@ def test_a_foreign_syscall_abi_is_refused(box, host):
 # --- nothing outlives the run --------------------------------------------------------------------------
 
 
-def gone(pid: int, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.01)
-    return False
-
-
 @pytest.mark.parametrize(
     "code",
     [
@@ -306,11 +295,11 @@ def gone(pid: int, seconds: float = 3.0) -> bool:
     ],
     ids=short,
 )
-def test_finalizers_and_atexit_hooks_die_with_the_run(box, host, code):
+def test_finalizers_and_atexit_hooks_die_with_the_run(box, host, code, wait_gone):
     # Each hook would run forever: a report in time (OK, not a timeout) means none of them ran.
     r = attack(box, host, code + "\nimport os\nresult = os.getpid()", timeout_ms=3000)
     assert r.ok, (r.status, r.error)
-    assert gone(int(r.output)), "the run's process outlived its report"
+    assert wait_gone(int(r.output)), "the run's process outlived its report"
 
 
 def test_poisoned_builtins_and_modules_do_not_reach_the_next_run(box, host):

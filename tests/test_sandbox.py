@@ -19,17 +19,6 @@ def box():
         yield sandbox
 
 
-def wait_gone(pid: int, seconds: float = 3.0) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return True
-        time.sleep(0.01)
-    return False
-
-
 def state(pid: int) -> str:
     """The process's state letter from /proc ("S" sleeping, "Z" zombie, ...), "" if it is gone."""
     try:
@@ -241,7 +230,7 @@ def test_writing_outside_the_private_dir_fails(box, tmp_path):
     assert box.run("import os\nos.mkdir('/tmp/ncg-escape-dir')").status == Outcome.RUNTIME_ERROR
 
 
-def test_escaped_grandchild_is_killed_where_fork_is_open():
+def test_escaped_grandchild_is_killed_where_fork_is_open(wait_gone):
     # Only without the seccomp filter can a program fork (and as root, which RLIMIT_NPROC does not bind):
     # then the server's sweep must catch a grandchild that left the process group.
     with Sandbox(allow_weak_isolation=True, disable_layers=("seccomp",)) as sandbox:
@@ -303,7 +292,7 @@ def test_workers_run_in_parallel():
         assert [r.output for r in results] == ["1", "1"]
 
 
-def test_close_stops_servers_and_removes_files():
+def test_close_stops_servers_and_removes_files(wait_gone):
     sandbox = Sandbox(workers=2)
     sandbox.run("result = 1")
     pids = sandbox.server_pids()
