@@ -14,7 +14,7 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
      budget) hands its program to a verifier thread and keeps its row while it waits.
      With `compile_decode` (`bench --batch N --compile`) the step splits in two: the prompts starting go
      through that packed forward, then every attempt decoding takes its next tokens from one compiled
-     call over all cache rows (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when
+     call over their cache rows (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when
      every attempt has room for them, else one). The cache has one scratch row beyond the N slots, which
      pads a lone decoding row to two so that one compiled graph serves every step.
 Verification runs in threads (the sandbox does the work in other processes), so checking one episode's
@@ -272,7 +272,7 @@ class BatchedAgents:
         Eagerly (and without a cache), one packed forward computes both, each row attending to exactly
         its own keys. With `compile_decode`, the prompts go first through that packed forward, then every
         attempt decoding (those just started included) takes a greedy chunk, or one token, from one
-        compiled call over all cache rows (`_decode`)."""
+        compiled call over their cache rows (`_decode`)."""
         t0 = time.perf_counter()
         compiled = getattr(self.model, "compiled_decode", None)
         if self.config.kv_cache == "none" or compiled is None:
@@ -320,8 +320,8 @@ class BatchedAgents:
     def _decode(self, decoding: list[_Slot], compiled: CompiledDecode, pool: ThreadPoolExecutor) -> None:
         """The next tokens of the attempts decoding, in one compiled call over the cache rows: a greedy
         chunk of several tokens where every attempt has room for all of them, else one token. Compiled,
-        one attention call over every row (up to the longest context) costs less than one exact call per
-        row; eagerly, it is the other way round (hence `_packed_logits` there). Tokens a chunk computes
+        one attention call over the named rows (up to the longest context among them) costs less than one
+        exact call per row; eagerly, it is the other way round (hence `_packed_logits` there). Tokens a chunk computes
         past an attempt's end are dropped (their cache writes lie past anything the row keeps)."""
         positions = [len(s.context) + len(s.tokens) - 1 for s in decoding]  # where each last token goes
         chunk = compiled.chunk if self.config.temperature <= 0 else 1

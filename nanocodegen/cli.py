@@ -21,7 +21,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from nanocodegen.bench import DEFAULT_BATCH, DEFAULT_THREADS
+from nanocodegen.bench import DEFAULT_BATCH, DEFAULT_THREADS, PRECISIONS
 from nanocodegen.config import (
     PRESETS,
     AgentConfig,
@@ -86,7 +86,7 @@ def _bench(args: argparse.Namespace) -> int:
     results = run_bench(tasks, from_args(AgentConfig, args), args.checkpoint, args.out, args.device, console,
                         resume=args.resume, profile="min" if args.limit else "max",
                         allow_weak_isolation=args.allow_weak_isolation, batch=args.batch, threads=args.threads,
-                        compile=args.compile)
+                        compile=args.compile, precision=args.precision)
     print_summary(console, results)
     _write_report(results["config"]["out"])
     print(f"{results['config']['out']}/results.json")
@@ -242,6 +242,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--compile", action="store_true",
                        help="torch.compile the decode step, greedy tokens 4 per call (~2x the decode rate; "
                             "compiles for ~30-60 s before the run, ~5-10 s once inductor's cache is warm)")
+    bench.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
+                       help="dtype of the model's cached-step matrix products and KV cache: bf16 pays with "
+                            "--batch on CPUs with bf16 units; greedy codes may differ from fp32's where logits "
+                            "nearly tie (default: fp32)")
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
 

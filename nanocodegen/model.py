@@ -85,7 +85,7 @@ class KVCache(nn.Module):
 
     def write_rows(self, index: torch.Tensor, kv: torch.Tensor) -> None:
         """Write (2, B, n_heads, head_dim) new keys/values at the flat `index` (2 * B * n_heads,)."""
-        self.flat.index_copy_(0, index, kv.reshape(-1, kv.size(-1)))
+        self.flat.index_copy_(0, index, kv.reshape(-1, kv.size(-1)).to(self.flat.dtype))
 
     def bytes_used(self, length: int) -> int:
         """Bytes holding the first `length` positions' keys and values of one sequence."""
@@ -112,11 +112,13 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v = self.kv_cache.update(start_pos, k, v, cache_row)  # (B, n_heads, start_pos + T, head_dim)
+            q = q.to(k.dtype)  # a bf16 cache (set_decode_dtype) attends in bf16
             if T == 1:  # one new token attends to everything cached: no mask needed
                 y = F.scaled_dot_product_attention(q, k, v)
             else:  # query i sits at position start_pos + i and may see keys 0 .. start_pos + i
                 mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(start_pos)
                 y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            y = y.to(x.dtype)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
 
@@ -177,6 +179,7 @@ class NanoCodeGenAgent(nn.Module):
             if name.endswith("attn.proj.weight") or name.endswith("mlp.2.weight"):
                 nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * cfg.n_layers))
         self.cache_batch_size = 0
+        self.decode_dtype = torch.float32  # of the cached steps' matrix products and KV cache (set_decode_dtype)
 
     @classmethod
     def from_config(cls, config: ModelConfig) -> NanoCodeGenAgent:
@@ -203,6 +206,7 @@ class NanoCodeGenAgent(nn.Module):
             first is not None
             and self.cache_batch_size == batch_size
             and first.kv.is_inference() == torch.is_inference_mode_enabled()
+            and first.flat.dtype == (dtype or self.decode_dtype)
         ):
             self._pack_decode_weights()  # weights may have changed since the cache was installed
             return
@@ -210,7 +214,7 @@ class NanoCodeGenAgent(nn.Module):
         cfg = self.config
         for block in self.layers:
             block.attn.kv_cache = KVCache(
-                batch_size, self.max_seq_len, cfg.n_heads, cfg.head_dim, dtype or ref.dtype, ref.device,
+                batch_size, self.max_seq_len, cfg.n_heads, cfg.head_dim, dtype or self.decode_dtype, ref.device,
             )
         self.cache_batch_size = batch_size
         self._pack_decode_weights()
@@ -228,14 +232,32 @@ class NanoCodeGenAgent(nn.Module):
         weight has changed (its storage or version counter). A one-token matrix-vector product streams
         the weight from memory; laid out (in, out), as GPT-2's Conv1D keeps it, it streams ~1.4x faster
         here than nn.Linear's (out, in). Costs one more copy of the linear weights."""
-        weights = [w for b in self.layers for w in (b.attn.qkv.weight, b.attn.proj.weight, b.mlp[0].weight,
-                                                      b.mlp[2].weight)] + [self.lm_head.weight]
-        key = [(w.data_ptr(), w._version) for w in weights]
+        linears = [m for b in self.layers for m in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2])]
+        tensors = [t for m in linears for t in (m.weight, m.bias)] + [self.lm_head.weight]
+        dtype = self.decode_dtype
+        key = [(t.data_ptr(), t._version) for t in tensors] + [dtype]
         if key != getattr(self, "_packed_key", None):
-            with torch.no_grad():
-                packed = [w.t().contiguous() for w in weights]
-            self._packed = [packed[i : i + 4] for i in range(0, len(packed) - 1, 4)], packed[-1]
+            with torch.no_grad():  # the LM head stays fp32: greedy picks the argmax of its logits
+                packed = [(m.weight.t().contiguous().to(dtype), m.bias.to(dtype)) for m in linears]
+                head = self.lm_head.weight.t().contiguous()
+                self._packed = [packed[i : i + 4] for i in range(0, len(packed), 4)], head
             self._packed_key = key
+
+    def set_decode_dtype(self, dtype: torch.dtype) -> None:
+        """The dtype of the cached steps' matrix products and of the KV cache: torch.float32 (the default)
+        or torch.bfloat16. In bf16 the linear layers' inputs and weights are rounded to bf16 (the products
+        accumulate in fp32; the default model was trained under bf16 autocast on a CPU with bf16 units)
+        and keys and values are stored in bf16, so attention reads half the bytes; layer norms, softmax,
+        the residual stream and the LM head stay fp32. `decode_step` and `forward_rows` (the batched
+        agents' steps) use it; `forward` keeps fp32 products and attends in the cache's dtype. On CPUs
+        with bf16 units it pays for many rows at once (batched agents) and costs at batch 1, where a
+        bf16 matrix-vector product is slower than fp32's. Greedy tokens may differ from fp32's where two
+        logits nearly tie. The cache is reinstalled at the next `setup_kv_cache`."""
+        if dtype not in (torch.float32, torch.bfloat16):
+            raise ValueError(f"decode dtype must be torch.float32 or torch.bfloat16, got {dtype}")
+        if dtype != self.decode_dtype:
+            self.decode_dtype = dtype
+            self.clear_kv_cache()
 
     def clear_kv_cache(self) -> None:
         for block in self.layers:
@@ -302,7 +324,8 @@ class NanoCodeGenAgent(nn.Module):
         (R, vocab) next-token logits. Token i belongs to cache row rows[i] (default: row i, all B rows of
         `setup_kv_cache(B)`); its keys/values are written at positions[i] of that row and it attends to the
         row's positions 0 .. positions[i], in one attention call for all rows. Rows not named are neither
-        written nor changed (their queries are zeros and their outputs dropped). `n_keys` bounds the keys
+        read nor written: attention reads only the named rows' keys and values (a compiled step gathers them
+        inside its attention kernel), up to the longest of them. `n_keys` bounds the keys
         attended to, so a step over short contexts does not pay for the whole buffer: at least
         max(positions) + 1 (default max_seq_len); with one row and no `rows` it must be exactly
         positions[0] + 1, so that every key is visible and no mask is needed.
@@ -318,9 +341,8 @@ class NanoCodeGenAgent(nn.Module):
             raise RuntimeError(f"call setup_kv_cache({R}) before decode_step with {R} sequences")
         n = self.max_seq_len if n_keys is None else n_keys
         mask = None
-        if rows is not None:  # the other rows attend to key 0 alone: finite, and dropped
-            row_positions = positions.new_zeros(B).index_copy(0, rows, positions)  # (B,)
-            mask = (self._key_positions[:n] <= row_positions[:, None]).view(B, 1, 1, n)  # (B, 1, 1, n)
+        if rows is not None:  # row i sees keys 0 .. positions[i] of cache row rows[i]
+            mask = (self._key_positions[:n] <= positions[:, None]).view(R, 1, 1, n)  # (R, 1, 1, n)
             write_index = (self._row_offsets[:, rows] + positions[:, None]).view(-1)  # (2 * R * H,)
         else:
             if B > 1 or n_keys is None:  # row b sees keys 0 .. positions[b]; its stale tail is masked out
@@ -328,16 +350,18 @@ class NanoCodeGenAgent(nn.Module):
             write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (R, H, 1, D) -> (R, H, 1, D)
-            if rows is not None:  # one call over every cache row; the rows not named have zero queries
-                q = q.new_zeros(B, *q.shape[1:]).index_copy(0, rows, q)  # (B, H, 1, D)
-            k, v = kv[0, :, :, :n], kv[1, :, :, :n]  # (B, H, n, D)
+            kv = kv[:, :, :, :n]  # (2, B, H, n, D)
+            if rows is not None:  # only the named rows' keys and values, up to the longest of them
+                kv = kv[:, rows]  # (2, R, H, n, D)
+            k, v = kv[0], kv[1]  # (R, H, n, D)
             if mask is None or not torch.compiler.is_compiling():
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask).float()
             else:  # written out, the scale, mask and softmax fuse into one kernel between the two products:
                 # compiled, ~1.5-2x faster than the SDPA kernel over 32 rows of 100-300 keys (eagerly, slower)
-                scores = (q @ k.transpose(-1, -2)) * self._attn_scale  # (B, H, 1, n)
-                y = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1) @ v  # (B, H, 1, D)
-            return y if rows is None else y.index_select(0, rows)
+                scores = (q * k).sum(-1, keepdim=True).transpose(-1, -2) * self._attn_scale  # (R, H, 1, n)
+                p = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)  # (R, H, 1, n)
+                y = (p.transpose(-1, -2) * v).sum(-2, keepdim=True)  # (R, H, 1, D)
+            return y
 
         return self._decode_layers(tokens, positions, write_index, attend, retry_steps)
 
@@ -378,11 +402,11 @@ class NanoCodeGenAgent(nn.Module):
             for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
                 k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)
                 if c == 1:  # one query at the end sees every key
-                    out.append(F.scaled_dot_product_attention(q[end - 1 : end], k, v))
+                    out.append(F.scaled_dot_product_attention(q[end - 1 : end].to(k.dtype), k, v).float())
                 else:  # query t sits at position s + t and sees keys 0 .. s + t
                     mask = torch.ones(c, s + c, dtype=torch.bool, device=device).tril(s)
                     qr = q[end - c : end].view(c, H, D).transpose(0, 1).unsqueeze(0)  # (1, H, c, D)
-                    y = F.scaled_dot_product_attention(qr, k, v, attn_mask=mask)  # (1, H, c, D)
+                    y = F.scaled_dot_product_attention(qr.to(k.dtype), k, v, attn_mask=mask).float()  # (1, H, c, D)
                     out.append(y[0].transpose(0, 1).unsqueeze(2))  # (c, H, 1, D)
             return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -399,15 +423,21 @@ class NanoCodeGenAgent(nn.Module):
             step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
             x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         layer_weights, head_weight = self._packed  # (in, out) copies, see _pack_decode_weights
-        for block, (w_qkv, w_proj, w_fc, w_out) in zip(self.layers, layer_weights, strict=True):
-            attn, cache = block.attn, block.attn.kv_cache
+        dt = self.decode_dtype  # of the products' inputs and outputs; the residual stream x stays fp32
+
+        def linear(h: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+            weight, bias = weight_bias
+            return torch.addmm(bias, h.to(dt), weight)
+
+        for block, (qkv_wb, proj_wb, fc_wb, out_wb) in zip(self.layers, layer_weights, strict=True):
+            cache = block.attn.kv_cache
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            qkv = torch.addmm(attn.qkv.bias, h, w_qkv).view(B, 3, H, D)
+            qkv = linear(h, qkv_wb).view(B, 3, H, D)
             cache.write_rows(write_index, qkv[:, 1:].transpose(0, 1))  # this token's keys and values
-            y = attend(qkv[:, 0].unsqueeze(2), cache.kv)  # (B, H, 1, D)
-            x = x + torch.addmm(attn.proj.bias, y.view(B, C), w_proj)
+            y = attend(qkv[:, 0].unsqueeze(2).float(), cache.kv)  # (B, H, 1, D)
+            x = x + linear(y.reshape(B, C), proj_wb).float()
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
-            x = x + torch.addmm(block.mlp[2].bias, F.gelu(torch.addmm(block.mlp[0].bias, h, w_fc)), w_out)
+            x = x + linear(F.gelu(linear(h, fc_wb)), out_wb).float()
         if last is not None:
             x = x[last]  # (R, C)
         x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)

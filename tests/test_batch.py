@@ -142,3 +142,18 @@ def test_bench_compile_batched_equals_eager(tmp_path):
     assert codes["compiled"] == codes["eager"]
     assert runs["compiled"]["compile"]["chunk"] == 4 and runs["compiled"]["compile"]["warm_up_s"] > 0
     assert runs["compiled"]["batch_stats"]["decoded_tokens"] > runs["compiled"]["batch_stats"]["decoding_rows"]
+
+
+def test_bench_precision_bf16_runs_batched_and_records_it(tmp_path):
+    # bf16 products and KV cache (NanoCodeGenAgent.set_decode_dtype): codes may differ from fp32's where
+    # logits nearly tie, so this asserts the run and its record, not equality
+    tasks = tmp_path / "mine.jsonl"
+    tasks.write_text("".join(json.dumps({"id": f"t{i}", "prompt": f"Return {i} + {i}", "expected": str(2 * i)})
+                             + "\n" for i in range(4)))
+    out = tmp_path / "bf16"
+    assert main(["bench", "--tasks", str(tasks), "--batch", "2", "--precision", "bf16", "--out", str(out)]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["config"]["precision"] == "bf16" and results["summary"]["tasks"] == 4
+    assert all(e["attempts"] for e in results["episodes"])
+    with pytest.raises(SystemExit):
+        main(["bench", "--tasks", str(tasks), "--precision", "fp16"])

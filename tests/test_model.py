@@ -158,3 +158,35 @@ def test_decode_path_follows_weight_changes(tiny_model):
     tiny_model(x[:, :5], start_pos=0)
     step = tiny_model.decode_step(x[:, 5], torch.tensor([5]), 6)
     assert torch.allclose(step[0], tiny_model(x)[0][0, -1], atol=1e-5)
+
+
+def test_bf16_decode_dtype_keeps_bf16_keys_and_stays_close_to_fp32(tiny_model):
+    seqs = [torch.randint(0, 97, (1, 16), generator=torch.Generator().manual_seed(60 + r)) for r in range(2)]
+    full = [tiny_model(s)[0][0] for s in seqs]  # (T, vocab) fp32 references
+    tiny_model.set_decode_dtype(torch.bfloat16)
+    try:
+        tiny_model.setup_kv_cache(2)
+        assert tiny_model.layers[0].attn.kv_cache.flat.dtype == torch.bfloat16
+        prompt = [7, 12]
+        for row, (s, n) in enumerate(zip(seqs, prompt, strict=True)):
+            tiny_model(s[:, :n], start_pos=0, cache_row=row)  # fp32 products, bf16 cache
+        positions = torch.tensor(prompt)
+        tokens = torch.stack([s[0, p] for s, p in zip(seqs, prompt, strict=True)])
+        step = tiny_model.decode_step(tokens, positions, 13)
+        packed = tiny_model.forward_rows(torch.cat([s[0, : n + 1] for s, n in zip(seqs, prompt, strict=True)]),
+                                         [0, 1], [0, 0], [n + 1 for n in prompt])
+        for logits in (step, packed):
+            for row, p in enumerate(prompt):
+                reference = full[row][p]
+                assert logits.dtype == torch.float32
+                assert not torch.equal(logits[row], reference)  # bf16 is really in use
+                assert (logits[row] - reference).abs().max() < 0.05 * reference.abs().max() + 1e-3
+    finally:
+        tiny_model.set_decode_dtype(torch.float32)
+    tiny_model.setup_kv_cache(1)
+    assert tiny_model.layers[0].attn.kv_cache.flat.dtype == torch.float32
+
+
+def test_decode_dtype_is_fp32_or_bf16(tiny_model):
+    with pytest.raises(ValueError, match="bfloat16"):
+        tiny_model.set_decode_dtype(torch.float16)
