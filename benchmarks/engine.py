@@ -3,7 +3,7 @@
     python benchmarks/engine.py --json runs/engine.json          # default model, ~3 min on 2 cores
     python benchmarks/engine.py --json out.json --large          # also a ~85M-parameter model (bandwidth-bound)
     python benchmarks/engine.py --json out.json --compile        # also our decode under compile_decode
-    python benchmarks/engine.py --json out.json --curve-compile --batch-curve 1 16 32   # the curve, compiled
+    python benchmarks/engine.py --json out.json --curve-only --batch-curve 1 1:compile 64:compile+bf16  # the curve
 
 What it measures, each as the median over `--repeats` rounds that alternate ours and HF's:
   decode      tok/s at batch 1: greedy generation of N tokens after a task prompt, our `generate` vs
@@ -20,8 +20,10 @@ What it measures, each as the median over `--repeats` rounds that alternate ours
               of the context) over the read bandwidth measured just before and after the decode rounds
               (a 512 MiB tensor summed; the copy rate is reported too). A model whose weights fit in the
               last-level cache is not bound by it.
-  batch curve `nanocodegen bench --suite synthetic --batch N` for each N of --batch-curve: tasks/s, and
-              its ratio to N = 1 (the sequential agent loop); outputs must equal the sequential run's.
+  batch curve `nanocodegen bench --suite synthetic --batch N [--compile] [--precision bf16]` for each
+              point of --batch-curve, median tasks/s over --curve-repeats alternating rounds, and its ratio
+              to the first point (by default N = 1, the sequential agent loop); fp32 outputs must equal the
+              sequential run's, bf16 ones are counted where they differ.
 Prints a table and writes the JSON (top-level keys `ours_decode_tok_s`, `hf_decode_tok_s`, `ratio`).
 Both engines run with the same torch thread count (--threads, default 1).
 """
@@ -151,8 +153,10 @@ def memory_bandwidth(mib: int = 512, repeats: int = 5) -> dict:
 
 def decode_floor(model: NanoCodeGenAgent, context: int, bandwidth: float) -> dict:
     """Bytes one batch-1 decode token must read: every weight once (the tied embedding counts once, as
-    the LM head; the lookup reads one row), plus the keys and values of the whole context."""
-    weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+    the LM head; its lookup reads one row, as does the position table's, which is not counted), plus the
+    keys and values of the whole context."""
+    weight_bytes = sum(p.numel() * p.element_size() for name, p in model.named_parameters()
+                       if name != "pos_embed.weight")
     cfg = model.config
     kv_bytes = 2 * cfg.n_layers * cfg.d_model * context * model.token_embed.weight.element_size()
     per_token = weight_bytes + kv_bytes
@@ -190,31 +194,59 @@ def episodes_by_mode(model, tok, budget: int, n_tasks: int, max_attempts: int) -
                          for m, eps in results.items()}}
 
 
-def batch_curve(sizes: list[int], suite: str, threads: int, console: Console, compile: bool = False,
-                checkpoint: str | None = None) -> dict:
-    """tasks/s of the real benchmark (`run_bench`) at each batch size, and whether every N produced the
-    sequential run's codes. With `compile`, every N runs `bench --compile`, which compiles before its
-    timed run (the seconds it took are in each point's `compile_s`)."""
+def curve_point(spec: str, compile_all: bool) -> dict:
+    """One point of the bench curve: 'N', 'N:compile', 'N:bf16' or 'N:compile+bf16'."""
+    size, _, options = spec.partition(":")
+    flags = {o for o in options.split("+") if o}
+    if not size.isdigit() or int(size) < 1 or flags - {"compile", "bf16"}:
+        raise SystemExit(f"--batch-curve: bad point {spec!r}; write N, N:compile, N:bf16 or N:compile+bf16")
+    return {"batch": int(size), "compile": compile_all or "compile" in flags,
+            "precision": "bf16" if "bf16" in flags else "fp32"}
+
+
+def point_name(p: dict) -> str:
+    options = [f for f, on in (("compile", p["compile"]), ("bf16", p["precision"] == "bf16")) if on]
+    return " ".join([str(p["batch"]), *options])
+
+
+def batch_curve(specs: list[str], suite: str, threads: int, console: Console, compile: bool = False,
+                checkpoint: str | None = None, repeats: int = 3) -> dict:
+    """tasks/s of the real benchmark (`run_bench`, a fresh model each run) at each point (batch size,
+    compile, precision), as the median of `repeats` rounds that alternate the points, so that a shared
+    machine's load falls on all of them alike; speedups are against the first point. Each point records
+    whether it produced the first point's codes (greedy fp32 must; bf16 may differ where logits nearly tie,
+    and the count of differing episodes says how often). Compiled points compile before their timed run."""
     from nanocodegen.bench import collect_tasks, run_bench
 
     tasks = collect_tasks([suite], None, None)
-    curve, reference = {}, None
+    points = [curve_point(spec, compile) for spec in specs]
+    curve = {point_name(p): {**p, "runs": []} for p in points}
+    reference = None
     quiet = Console(stderr=True, quiet=True)
     with tempfile.TemporaryDirectory() as tmp:
-        for n in sizes:
-            console.print(f"bench --batch {n}{' --compile' if compile else ''} ({len(tasks)} tasks) ...")
-            r = run_bench(tasks, AgentConfig(), checkpoint, out=f"{tmp}/batch-{n}", console=quiet, batch=n,
-                          threads=threads, compile=compile)
-            codes = [[a["code"] for a in e["attempts"]] for e in r["episodes"]]
-            reference = reference if reference is not None else codes
-            curve[str(n)] = {"tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
-                             "solved": r["summary"]["solved"], "attempts": r["summary"]["attempts"],
-                             "same_codes_as_first": codes == reference, "batch_stats": r.get("batch_stats"),
-                             "compile_s": r.get("compile", {}).get("warm_up_s")}
-    base = curve[str(sizes[0])]["tasks_per_s"]
+        for round_ in range(repeats):
+            for p in points:
+                name = point_name(p)
+                console.print(f"round {round_ + 1}/{repeats}: bench --batch {name} ({len(tasks)} tasks) ...")
+                r = run_bench(tasks, AgentConfig(), checkpoint, out=f"{tmp}/{name}-{round_}", console=quiet,
+                              batch=p["batch"], threads=threads, compile=p["compile"], precision=p["precision"])
+                codes = [[a["code"] for a in e["attempts"]] for e in r["episodes"]]
+                reference = reference if reference is not None else codes
+                curve[name]["runs"].append({
+                    "tasks_per_s": r["summary"]["tasks_per_s"], "wall_s": r["summary"]["wall_s"],
+                    "solved": r["summary"]["solved"], "attempts": r["summary"]["attempts"],
+                    "episodes_differing_from_first": sum(a != b for a, b in zip(codes, reference, strict=True)),
+                    "batch_stats": r.get("batch_stats"), "compile_s": r.get("compile", {}).get("warm_up_s")})
+    for point in curve.values():
+        runs = point["runs"]
+        point["tasks_per_s"] = statistics.median(run["tasks_per_s"] for run in runs)
+        point["tasks_per_s_range"] = [min(run["tasks_per_s"] for run in runs), max(run["tasks_per_s"] for run in runs)]
+        point["solved"] = runs[-1]["solved"]
+        point["episodes_differing_from_first"] = max(run["episodes_differing_from_first"] for run in runs)
+    base = curve[point_name(points[0])]["tasks_per_s"]
     for point in curve.values():
         point["speedup"] = point["tasks_per_s"] / base
-    return {"suite": suite, "tasks": len(tasks), "compile": compile, "by_batch": curve}
+    return {"suite": suite, "tasks": len(tasks), "repeats": repeats, "by_point": curve}
 
 
 def bench_model(name: str, model, tok, args, console: Console, prompts: list[list[int]]) -> dict:
@@ -303,12 +335,15 @@ def print_tables(console: Console, results: dict) -> None:
         console.print(f"  same codes in every mode: {e['same_codes_in_every_mode']}")
     c = results.get("batch_curve")
     if c:
-        t = Table(title=f"nanocodegen bench --suite {c['suite']} --batch N ({c['tasks']} tasks)")
-        for col in ("N", "tasks/s", "x N=1", "wall s", "solved", "same codes"):
+        t = Table(title=f"nanocodegen bench --suite {c['suite']} --batch N ({c['tasks']} tasks, median of "
+                        f"{c['repeats']} alternating rounds)")
+        first = next(iter(c["by_point"]))
+        for col in ("--batch N [options]", "tasks/s", "(min-max)", f"x [{first}]", "solved", "episodes ≠ first"):
             t.add_column(col, justify="right")
-        for n, p in c["by_batch"].items():
-            t.add_row(n, f"{p['tasks_per_s']:.1f}", f"{p['speedup']:.2f}x", f"{p['wall_s']:.1f}", str(p["solved"]),
-                      str(p["same_codes_as_first"]))
+        for name, p in c["by_point"].items():
+            low, high = p["tasks_per_s_range"]
+            t.add_row(name, f"{p['tasks_per_s']:.1f}", f"{low:.0f}-{high:.0f}", f"{p['speedup']:.2f}x",
+                      str(p["solved"]), str(p["episodes_differing_from_first"]))
         console.print(t)
 
 
@@ -329,10 +364,15 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true",
                         help="also our decode under compile_decode (torch.compile, greedy chunks)")
     parser.add_argument("--chunk", type=int, default=DECODE_CHUNK, help="greedy tokens per compiled call")
-    parser.add_argument("--curve-compile", action="store_true", help="the bench curve runs bench --compile")
-    parser.add_argument("--batch-curve", type=int, nargs="*", default=[1, 2, 4, 8, 16, 32, 64], metavar="N",
-                        help="batch sizes for the bench curve (the first is the baseline; none: skip)")
+    parser.add_argument("--curve-compile", action="store_true", help="every point of the curve runs bench --compile")
+    parser.add_argument("--batch-curve", nargs="*", default=["1", "4", "16", "64", "64:compile", "64:compile+bf16"],
+                        metavar="N[:compile][+bf16]",
+                        help="points of the bench curve: batch size, optionally compiled and/or bf16 (the first "
+                             "is the baseline; none: skip)")
+    parser.add_argument("--curve-repeats", type=int, default=3, help="alternating rounds of the curve (median)")
     parser.add_argument("--curve-suite", default="synthetic", help="suite the curve runs")
+    parser.add_argument("--curve-only", action="store_true",
+                        help="only the bench curve (no engine-vs-HF measurements, no episodes by mode)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     console = Console(stderr=True, width=130)
@@ -344,6 +384,16 @@ def main() -> None:
     results = {"provenance": {**provenance("cpu"), "checkpoint_sha256": checkpoint_sha256(ckpt)},
                "threads": args.threads, "repeats": args.repeats, "memory_bandwidth": bandwidth,
                "models": {}}
+    if args.curve_only:
+        results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console,
+                                             args.curve_compile, args.checkpoint, args.curve_repeats)
+        results["load_average"] = {"before": load_before, "after": os.getloadavg()}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
+        print_tables(console, results)
+        console.print(f"load average before {load_before}, after {results['load_average']['after']}; wrote "
+                      f"{args.json}")
+        return
     results["models"]["default"] = bench_model("default", model, tok, args, console, prompts)
     if args.large:
         torch.manual_seed(0)
@@ -359,7 +409,7 @@ def main() -> None:
     results["chart"] = str(chart)
     if args.batch_curve:
         results["batch_curve"] = batch_curve(args.batch_curve, args.curve_suite, args.threads, console,
-                                             args.curve_compile, args.checkpoint)
+                                             args.curve_compile, args.checkpoint, args.curve_repeats)
     results["load_average"] = {"before": load_before, "after": os.getloadavg()}
     d = results["models"]["default"]["decode_batch_1"]
     results["ours_decode_tok_s"] = d["ours"]["wall_tok_s"]
