@@ -88,6 +88,19 @@ def _timed_verify(verifier, task: Task, code: str, timeout_ms: int) -> tuple[Ver
     return verdict, (time.perf_counter() - t0) * 1e3
 
 
+def padding_groups(lengths: list[int], waste: float = 2.0) -> list[list[int]]:
+    """Indices of prompts (their lengths) grouped for padded prefills: sorted by length, a group closes
+    before a prompt longer than `waste` times its shortest, so padding at most doubles a group's tokens
+    (a long retry prompt, without prefix reuse, does not pad a batch of short first prompts)."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        if groups and lengths[i] <= waste * lengths[groups[-1][0]]:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 def cache_rows(batch_size: int, n_tasks: int) -> int:
     """KV-cache rows a run installs: one per slot, and a scratch row (see `BatchedAgents._decode`)."""
     return min(batch_size, n_tasks) + 1
@@ -291,12 +304,39 @@ class BatchedAgents:
                 self.stats.decoding_rows += len(decoding)
                 self.stats.decoded_tokens += len(decoding)
             return
-        if starting:
-            for slot, token in zip(starting, self._pick(self._packed_logits(starting, []), starting), strict=True):
+        fresh, resumed = [], []  # prompts from position 0 (first attempts; every attempt without prefix reuse)
+        for slot in starting:
+            (resumed if self._reusable(slot) else fresh).append(slot)
+        for group in padding_groups([len(s.context) for s in fresh]):
+            slots = [fresh[i] for i in group]
+            for slot, token in zip(slots, self._pick(self._padded_logits(slots), slots), strict=True):
+                self._started(slot, token, t0, pool)
+        if resumed:
+            for slot, token in zip(resumed, self._pick(self._packed_logits(resumed, []), resumed), strict=True):
                 self._started(slot, token, t0, pool)
         decoding = [s for s in decoding + starting if s.state == DECODING]
         if decoding:
             self._decode(decoding, compiled, pool)
+
+    def _reusable(self, slot: _Slot) -> int:
+        """Positions of the slot's context its cache row already holds (prefix mode), else 0."""
+        return slot.prefix.reusable(slot.context) if self.config.kv_cache == "prefix" else 0
+
+    def _padded_logits(self, starting: list[_Slot]) -> torch.Tensor:
+        """(rows, vocab) logits of the whole prompts of attempts starting from position 0, right-padded to
+        one length, from one compiled call (`prefill_padded`); a lone prompt is padded to two with the
+        cache's scratch row, so that one graph serves every call."""
+        prompts = [self._begin(slot)[1] for slot in starting]
+        rows, lengths = [s.row for s in starting], [len(p) for p in prompts]
+        steps = [s.attempt - 1 for s in starting]
+        if len(starting) == 1:
+            prompts, rows, lengths, steps = prompts + [[0]], rows + [self.model.cache_batch_size - 1], lengths + [1], \
+                steps + [0]
+        longest = max(lengths)
+        ids = torch.tensor([p + [self.tok.pad_id] * (longest - len(p)) for p in prompts], device=self.device)
+        as_tensor = lambda values: torch.tensor(values, device=self.device)  # noqa: E731
+        retry = as_tensor(steps) if self.retry_conditioned else None
+        return self.model.prefill_padded(ids, as_tensor(rows), as_tensor(lengths), retry)[: len(starting)]
 
     def _packed_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
         """(rows, vocab) logits from one packed forward (`forward_rows`): the prompt of each attempt

@@ -413,6 +413,39 @@ class NanoCodeGenAgent(nn.Module):
         last = torch.tensor([end - 1 for end in ends], device=device)
         return self._decode_layers(tokens, pos, write_index, attend, steps, last)
 
+    def prefill_padded(
+        self,
+        tokens: torch.Tensor,
+        rows: torch.Tensor,
+        lengths: torch.Tensor,
+        retry_steps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Whole prompts for some cache rows, from position 0, right-padded to one length: (P, T) ids,
+        (P,) cache rows and (P,) true lengths -> (P, vocab) logits of each prompt's last token. Row rows[p]
+        gets keys and values at positions 0 .. T - 1; the padding's lie past its prompt, where the position
+        masks of later steps leave them unread until they are overwritten. Attention is causal within each
+        row, so the padding, which comes last, reaches no real token.
+
+        One dense attention call for all rows and a fixed sequence of tensor ops, so that `compile_decode`
+        compiles it whole (the batched agents' first attempts go through it compiled); `forward_rows`
+        serves prompts that follow a cached prefix. `retry_steps` (P,) as in `decode_step`."""
+        P, T = tokens.shape
+        H, D = self.config.n_heads, self.config.head_dim
+        key_positions = self._key_positions[:T]  # (T,)
+        positions = key_positions.expand(P, T).reshape(-1)  # (P * T,)
+        # flat cache offsets in the order write_rows takes them: (k/v, token, head), token = p * T + t
+        write_index = (self._row_offsets[:, rows].unsqueeze(2) + key_positions[:, None]).view(-1)  # (2 * P * T * H,)
+        steps = None if retry_steps is None else retry_steps[:, None].expand(P, T).reshape(-1)
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (P * T, H, 1, D) -> (P * T, H, 1, D)
+            kv = kv[:, rows, :, :T]  # (2, P, H, T, D): what this step just wrote
+            q = q.view(P, T, H, D).transpose(1, 2).to(kv.dtype)  # (P, H, T, D)
+            y = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=True).float()  # (P, H, T, D)
+            return y.transpose(1, 2).reshape(P * T, H, 1, D)
+
+        last = torch.arange(P, device=tokens.device) * T + lengths - 1  # (P,) each prompt's last token
+        return self._decode_layers(tokens.reshape(-1), positions, write_index, attend, steps, last)
+
     def _decode_layers(self, tokens, positions, write_index, attend, retry_steps, last=None) -> torch.Tensor:
         """The layers of a cached step over (B,) tokens, one position each; `attend(q, kv_buffer)` is the
         attention over the cache. Returns the logits of every token, or of the tokens at `last` (R,)."""

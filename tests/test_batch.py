@@ -157,3 +157,12 @@ def test_bench_precision_bf16_runs_batched_and_records_it(tmp_path):
     assert all(e["attempts"] for e in results["episodes"])
     with pytest.raises(SystemExit):
         main(["bench", "--tasks", str(tasks), "--precision", "fp16"])
+
+
+def test_padding_groups_keep_long_prompts_apart():
+    from nanocodegen.batch import padding_groups
+
+    assert padding_groups([]) == []
+    assert padding_groups([30, 20, 25]) == [[1, 2, 0]]  # shortest first, one group
+    assert padding_groups([20, 250, 30, 45]) == [[0, 2], [3], [1]]  # 45 > 2 x 20 opens a group; 250 its own
+    assert sorted(i for g in padding_groups([5, 9, 11, 40, 3]) for i in g) == [0, 1, 2, 3, 4]

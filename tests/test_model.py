@@ -190,3 +190,23 @@ def test_bf16_decode_dtype_keeps_bf16_keys_and_stays_close_to_fp32(tiny_model):
 def test_decode_dtype_is_fp32_or_bf16(tiny_model):
     with pytest.raises(ValueError, match="bfloat16"):
         tiny_model.set_decode_dtype(torch.float16)
+
+
+def test_prefill_padded_equals_full_forwards_and_leaves_rows_ready_to_decode(tiny_model):
+    # three prompts of different lengths, right-padded into one call on rows 3, 0 and 2 of a 5-row cache
+    seqs = [torch.randint(0, 97, (1, n + 1), generator=torch.Generator().manual_seed(80 + n)) for n in (9, 15, 4)]
+    full = [tiny_model(s)[0][0] for s in seqs]  # (T, vocab) each
+    tiny_model.setup_kv_cache(5)
+    lengths = torch.tensor([9, 15, 4])
+    padded = torch.zeros(3, 15, dtype=torch.long)
+    for i, (s, n) in enumerate(zip(seqs, lengths.tolist(), strict=True)):
+        padded[i, :n] = s[0, :n]
+    rows = torch.tensor([3, 0, 2])
+    logits = tiny_model.prefill_padded(padded, rows, lengths)
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.allclose(logits[i], full[i][n - 1], atol=1e-5)
+    # the padding wrote past each prompt; the next decode step, at the prompt's end, must not see it
+    step = tiny_model.decode_step(torch.stack([s[0, n] for s, n in zip(seqs, lengths.tolist(), strict=True)]),
+                                  lengths, 16, rows=rows)
+    for i, n in enumerate(lengths.tolist()):
+        assert torch.allclose(step[i], full[i][n], atol=1e-5)
