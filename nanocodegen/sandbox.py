@@ -192,8 +192,10 @@ class _Server:
         # caller's secrets must not reach programs) and a new session (Ctrl-C in the terminal reaches the
         # caller, which then closes the pool). HOME and TMPDIR are "." so that they name each child's
         # private working directory without a per-child update; TZ is set so that no child looks for
-        # /etc/localtime, which it could not read.
+        # /etc/localtime, which it could not read. LD_BIND_NOW: the dynamic linker resolves every symbol
+        # once, in the server, rather than on first call in each child (a lookup and a copied page each).
         env = {"PATH": "/usr/bin:/bin", "PYTHONHASHSEED": "0", "HOME": ".", "TMPDIR": ".", "TZ": "UTC"}
+        env["LD_BIND_NOW"] = "1"
         try:
             self.proc = subprocess.Popen(
                 cmd, pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

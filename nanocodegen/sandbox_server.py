@@ -32,6 +32,7 @@ import unicodedata  # noqa: F401 - the parser imports it for any non-ASCII ident
 # imports only, so that programs cannot import the package's other modules by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_os  # noqa: E402
+import sandbox_zygote  # noqa: E402
 from sandbox_child import (  # noqa: E402
     AVAILABLE_MODULES,
     CRASHED,
@@ -47,10 +48,10 @@ from sandbox_child import (  # noqa: E402
     TIMEOUT,
     UNSAFE,
     WRONG_OUTPUT,
-    child_main,
     format_size,
     warm_up,
 )
+from sandbox_zygote import Forker  # noqa: E402
 
 del sys.path[0]
 
@@ -76,14 +77,21 @@ class SetupFailed(RuntimeError):
 
 class _Child:
     # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
-    __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run_dir", "reaped", "status", "usage")
-    __slots__ += ("report", "watch", "ruleset")
+    __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run", "reaped", "status", "usage")
+    __slots__ += ("report", "watch")
 
-    def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir, ruleset):
+    def __init__(self, pid, pidfd, ready, go, out, err, res, run):
         self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
-        self.out, self.err, self.res, self.run_dir, self.ruleset = out, err, res, run_dir, ruleset
+        self.out, self.err, self.res, self.run = out, err, res, run  # run: the run directory's number
         self.reaped, self.status, self.usage = False, 0, None
         self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
+
+
+class _Zygote:
+    __slots__ = ("pid", "pidfd", "orders", "replies")
+
+    def __init__(self, pid, pidfd, orders, replies):
+        self.pid, self.pidfd, self.orders, self.replies = pid, pidfd, orders, replies
 
 
 class Server:
@@ -98,6 +106,10 @@ class Server:
     A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
     its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
     would be; otherwise it is removed.
+
+    Children are forked by the zygote (sandbox_zygote.py), a child of the server that does nothing else,
+    so that the server's own work between forks copies no pages; they are the server's children all the
+    same (CLONE_PARENT). Where that is not available the server forks them itself.
     """
 
     def __init__(self, base_dir: str, limits: dict, features: dict):
@@ -112,7 +124,9 @@ class Server:
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
         self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
-        self.free_dirs: list[tuple[str, int]] = []  # (empty run directory, its Landlock ruleset fd or -1)
+        self.free_dirs: list[int] = []  # numbers of empty run directories, kept with their Landlock rulesets
+        self.zygote: _Zygote | None = None
+        self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
 
     def serve(self, client: int) -> None:
         spare = self.spawn()
@@ -130,6 +144,7 @@ class Server:
                     # spare, which was forked without them. Once per server.
                     self.finish(spare)
                     self.finish_used()
+                    self.stop_zygote()  # its heap lacks them too
                     preload()
                     self.preloaded, spare = True, self.spawn()
                 child, spare = spare, None
@@ -153,33 +168,88 @@ class Server:
             if spare is not None:
                 self.finish(spare)
             self.finish_used()
+            self.stop_zygote()
 
     def spawn(self) -> _Child:
         """Fork the next child; it sets itself up in parallel with whatever the server does next."""
         self.count += 1
-        if self.free_dirs:
-            run_dir, ruleset = self.free_dirs.pop()
-        else:
-            run_dir = f"{self.base_dir}/run{self.count}"
-            os.mkdir(run_dir, 0o700)
-            # The Landlock ruleset is built here, so the child only has to enforce it.
-            ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
-        out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        res_r, res_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            fds = (ready_w, go_r, out, err, res_w)
-            child_main(fds, run_dir, ruleset, self.limits, self.pid, self.warm_children)
-        for fd in (ready_w, go_r, res_w):
-            os.close(fd)
+        run, new = (self.free_dirs.pop(), False) if self.free_dirs else (self.count, True)
+        pid, (ready, go, out, err, res) = self.fork_child(run, new)
         self.live.add(pid)
         try:
             os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
         except OSError:
             pass  # the child got there first, or already died (run() will see that)
-        return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir, ruleset)
+        return _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
+
+    def fork_child(self, run: int, new: bool) -> tuple[int, list[int]]:
+        """A new child's pid and the server's ends of its descriptors (see Forker.make)."""
+        if self.zygote is None and self.forker is None:
+            self.start_zygote()
+        flags = (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
+        if self.forker is not None:
+            return self.forker.make(run, flags)
+        for _attempt in range(2):
+            zygote = self.zygote
+            try:
+                sandbox_os.write_all(zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
+                reply = sandbox_os.read_exact(zygote.replies, sandbox_zygote.REPLY.size)
+            except (BrokenPipeError, EOFError):
+                reply = None
+            if reply is not None:
+                pid, *fds = sandbox_zygote.REPLY.unpack(reply)
+                if pid < 0:
+                    raise SetupFailed(f"the zygote could not fork a child: {os.strerror(-pid)}")
+                # Copied before the zygote's next order, on which it closes its own.
+                return pid, [sandbox_os.pidfd_getfd(zygote.pidfd, fd) for fd in fds]
+            # The zygote died (killed from outside): start another, which knows no run directory yet.
+            self.stop_zygote()
+            self.start_zygote()
+            if new:  # it may have made this one before it died
+                self.count += 1
+                run = self.count
+        raise SetupFailed("the zygote died twice in a row")
+
+    def start_zygote(self) -> None:
+        """Fork the zygote from the server as it is now (heap settled, modules loaded or not); where
+        clone(CLONE_PARENT) is not available, make the Forker that the server uses itself instead."""
+        forker = Forker(sandbox_os.clone_parent if sandbox_os.CLONE_PARENT_WORKS else os.fork, self.base_dir,
+                        self.limits, self.pid, self.features["landlock_abi"])  # fmt: skip
+        if not sandbox_os.CLONE_PARENT_WORKS:
+            self.forker = forker
+            return
+        orders_r, orders_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # Nothing of the server's but the two pipes: not the client's socket, no child's descriptors.
+            last = 2
+            for fd in sorted((orders_r, replies_w)):
+                os.closerange(last + 1, fd)
+                last = fd
+            os.closerange(last + 1, sandbox_os.MAX_FD)
+            sandbox_zygote.zygote_main(forker, orders_r, replies_w)
+        os.close(orders_r)
+        os.close(replies_w)
+        self.live.add(pid)
+        # A new zygote has no ruleset yet: it builds one for each run directory it is given.
+        self.zygote = _Zygote(pid, os.pidfd_open(pid), orders_w, replies_r)
+
+    def stop_zygote(self) -> None:
+        if self.forker is not None:
+            self.forker.close()
+            self.forker = None
+        if self.zygote is None:
+            return
+        zygote, self.zygote = self.zygote, None
+        _kill(zygote.pid)
+        try:
+            os.waitpid(zygote.pid, 0)
+        except ChildProcessError:
+            pass
+        self.live.discard(zygote.pid)
+        for fd in (zygote.pidfd, zygote.orders, zygote.replies):
+            os.close(fd)
 
     def ready_child(self, child: _Child) -> _Child:
         """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
@@ -285,16 +355,17 @@ class Server:
         self.sweep()
         for fd in (child.pidfd, child.ready, child.go, child.out, child.err, child.res):
             os.close(fd)
-        self.recycle_dir(child.run_dir, child.ruleset)
+        self.recycle_dir(child.run)
 
     def finish_used(self) -> None:
         if self.used is not None:
             used, self.used = self.used, None
             self.finish(used)
 
-    def recycle_dir(self, run_dir: str, ruleset: int) -> None:
+    def recycle_dir(self, run: int) -> None:
         """Keep a dead run's directory for a later run if it is as a fresh one would be (empty, ours, 0700,
         not a link), else remove it. Its child is reaped and everything it left is killed (finish())."""
+        run_dir = f"{self.base_dir}/run{run}"
         try:
             st = os.lstat(run_dir)
             fresh = st.st_mode & 0o177777 == _DIR_0700 and st.st_uid == os.geteuid()
@@ -302,10 +373,15 @@ class Server:
         except OSError:
             fresh = False
         if fresh and len(self.free_dirs) < FREE_DIRS:
-            self.free_dirs.append((run_dir, ruleset))
+            self.free_dirs.append(run)
             return
-        if ruleset >= 0:
-            os.close(ruleset)
+        if self.forker is not None:
+            self.forker.drop(run)
+        elif self.zygote is not None:
+            try:
+                sandbox_os.write_all(self.zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.DROP, run, 0))
+            except BrokenPipeError:
+                pass  # the zygote died, and its rulesets with it
         sandbox_os.remove_tree(run_dir)
 
     def _reap(self, child: _Child) -> None:
@@ -412,6 +488,8 @@ def settle_heap() -> None:
 def main(argv: list[str]) -> None:
     client = int(argv[1])
     config, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
+    # Read by the dynamic linker at start-up (sandbox.py says why); programs need not see it.
+    os.environ.pop("LD_BIND_NOW", None)
     try:
         features = sandbox_os.prepare_server(tuple(config["disable"]))
         server = Server(base_dir, config["limits"], features)
