@@ -408,6 +408,12 @@ def test_pool_survives_its_zygote_being_killed():
         zygote_of(server)  # a new one
 
 
+def test_each_run_draws_its_own_random_numbers(box):
+    # Children are forked with Python's after-fork hooks, as os.fork does: random reseeds in each.
+    draws = {box.run("import random\nresult = random.random()", policy="tests").output for _ in range(4)}
+    assert len(draws) == 4
+
+
 def test_preloading_forks_a_new_zygote():
     # The modules come in with the first job that may import them; a zygote forked before would lack them.
     with Sandbox(workers=1) as sandbox:
