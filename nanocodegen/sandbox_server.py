@@ -9,7 +9,8 @@ CONFIG is {"limits": Limits as a dict, "disable": [layer names]}, marshalled and
 imports only small stdlib modules, because every page it maps is copied into each child's page tables at
 fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
 may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
-not under the `task` policy), since children cannot read them from disk. It speaks length-prefixed
+not under the `task` policy), since children cannot read them from disk. Children are forked by the
+server's zygote (sandbox_zygote.py), which is forked again once the modules are loaded. It speaks length-prefixed
 marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid", "features"},
 then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means shut down. The
 child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
@@ -126,6 +127,7 @@ class Server:
         self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
         self.free_dirs: list[int] = []  # numbers of empty run directories, kept with their Landlock rulesets
         self.zygote: _Zygote | None = None
+        self.use_zygote = sandbox_os.CLONE_PARENT_WORKS  # False once this kernel refused the zygote's way
         self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
 
     def serve(self, client: int) -> None:
@@ -198,10 +200,22 @@ class Server:
                 reply = None
             if reply is not None:
                 pid, *fds = sandbox_zygote.REPLY.unpack(reply)
-                if pid < 0:
-                    raise SetupFailed(f"the zygote could not fork a child: {os.strerror(-pid)}")
-                # Copied before the zygote's next order, on which it closes its own.
-                return pid, [sandbox_os.pidfd_getfd(zygote.pidfd, fd) for fd in fds]
+                try:
+                    if pid < 0:
+                        raise OSError(-pid, os.strerror(-pid))
+                    return pid, _copy_fds(zygote.pidfd, fds)  # before the zygote's next order closes them
+                except OSError:
+                    # clone(CLONE_PARENT) or pidfd_getfd refused (a kernel older than 5.6, a ptrace policy
+                    # such as Yama's scope 2): fork children here instead, as the server did before it
+                    # had a zygote. (A fork that fails here too is the caller's error, as it always was.)
+                    if pid > 0:
+                        _kill(pid)
+                        os.waitpid(pid, 0)
+                    self.use_zygote = False
+                    self.stop_zygote()
+                    self.start_zygote()
+                    self.count += 1  # the zygote may have made the directory
+                    return self.forker.make(self.count, flags | sandbox_zygote.NEW)
             # The zygote died (killed from outside): start another, which knows no run directory yet.
             self.stop_zygote()
             self.start_zygote()
@@ -212,10 +226,10 @@ class Server:
 
     def start_zygote(self) -> None:
         """Fork the zygote from the server as it is now (heap settled, modules loaded or not); where
-        clone(CLONE_PARENT) is not available, make the Forker that the server uses itself instead."""
-        forker = Forker(sandbox_os.clone_parent if sandbox_os.CLONE_PARENT_WORKS else os.fork, self.base_dir,
-                        self.limits, self.pid, self.features["landlock_abi"])  # fmt: skip
-        if not sandbox_os.CLONE_PARENT_WORKS:
+        the zygote's way does not work (use_zygote), make the Forker that the server uses itself instead."""
+        forker = Forker(sandbox_os.clone_parent if self.use_zygote else os.fork, self.base_dir, self.limits,
+                        self.pid, self.features["landlock_abi"])  # fmt: skip
+        if not self.use_zygote:
             self.forker = forker
             return
         orders_r, orders_w = os.pipe()
@@ -416,6 +430,19 @@ class Server:
 
 
 _FRAME_HEAD = len(RESULT_MAGIC) + LEN.size
+
+
+def _copy_fds(pidfd: int, fds: list[int]) -> list[int]:
+    """Copies of descriptors `fds` of the process behind `pidfd`, all or none."""
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copies.append(sandbox_os.pidfd_getfd(pidfd, fd))
+    except OSError:
+        for fd in copies:
+            os.close(fd)
+        raise
+    return copies
 
 
 def _frame_complete(buf: bytes) -> bool:
