@@ -129,6 +129,7 @@ class Server:
         self.zygote: _Zygote | None = None
         self.use_zygote = sandbox_os.CLONE_PARENT_WORKS  # False once this kernel refused the zygote's way
         self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
+        self.ordered: tuple[int, int] | None = None  # (run, flags) of a child ordered from the zygote, not collected
 
     def serve(self, client: int) -> None:
         spare = self.spawn()
@@ -170,13 +171,17 @@ class Server:
             if spare is not None:
                 self.finish(spare)
             self.finish_used()
+            if self.ordered is not None:
+                self.finish(self.spawn())
             self.stop_zygote()
 
     def spawn(self) -> _Child:
-        """Fork the next child; it sets itself up in parallel with whatever the server does next."""
-        self.count += 1
-        run, new = (self.free_dirs.pop(), False) if self.free_dirs else (self.count, True)
-        pid, (ready, go, out, err, res) = self.fork_child(run, new)
+        """Fork the next child (or take the one ordered); it sets itself up in parallel with whatever the
+        server does next."""
+        if self.ordered is None:
+            self.order()
+        (run, flags), self.ordered = self.ordered, None
+        pid, (ready, go, out, err, res) = self.fork_child(run, flags)
         self.live.add(pid)
         try:
             os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
@@ -184,17 +189,32 @@ class Server:
             pass  # the child got there first, or already died (run() will see that)
         return _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
 
-    def fork_child(self, run: int, new: bool) -> tuple[int, list[int]]:
-        """A new child's pid and the server's ends of its descriptors (see Forker.make)."""
+    def order(self) -> None:
+        """Order the next child from the zygote, which forks it while the server goes on; spawn() takes
+        it. (Without a zygote the fork waits for spawn().)"""
+        assert self.ordered is None, "the child ordered before is not taken yet"
+        self.count += 1
+        run, new = (self.free_dirs.pop(), False) if self.free_dirs else (self.count, True)
+        flags = (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
+        self.ordered = (run, flags)
         if self.zygote is None and self.forker is None:
             self.start_zygote()
-        flags = (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
-        if self.forker is not None:
-            return self.forker.make(run, flags)
-        for _attempt in range(2):
+        if self.zygote is not None:
+            try:
+                sandbox_os.write_all(self.zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
+            except BrokenPipeError:
+                pass  # the zygote died: fork_child finds out and starts another
+
+    def fork_child(self, run: int, flags: int) -> tuple[int, list[int]]:
+        """The pid of the child ordered for run directory `run` and the server's ends of its descriptors
+        (see Forker.make)."""
+        for attempt in range(2):
+            if self.forker is not None:
+                return self.forker.make(run, flags)
             zygote = self.zygote
             try:
-                sandbox_os.write_all(zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
+                if attempt:  # to the zygote started after the first one died
+                    sandbox_os.write_all(zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
                 reply = sandbox_os.read_exact(zygote.replies, sandbox_zygote.REPLY.size)
             except (BrokenPipeError, EOFError):
                 reply = None
@@ -219,7 +239,7 @@ class Server:
             # The zygote died (killed from outside): start another, which knows no run directory yet.
             self.stop_zygote()
             self.start_zygote()
-            if new:  # it may have made this one before it died
+            if flags & sandbox_zygote.NEW:  # it may have made this one before it died
                 self.count += 1
                 run = self.count
         raise SetupFailed("the zygote died twice in a row")
@@ -281,7 +301,8 @@ class Server:
 
     def run(self, child: _Child, request: dict, quick_s: float) -> tuple[dict, _Child | None]:
         """Run one program in a ready child; returns the reply and the next child if it forked one (when
-        the program was not done within `quick_s`)."""
+        the program was not done within `quick_s`). Back to back, the next child is ordered from the zygote
+        as the program starts, and the next spawn() takes it."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
@@ -293,8 +314,8 @@ class Server:
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
-        if self.used is not None:  # back to back: fork the next child while the program runs
-            spare = self.spawn()
+        if self.used is not None:  # back to back: the zygote forks the next child while the program runs
+            self.order()
         state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
             if spare is None:
