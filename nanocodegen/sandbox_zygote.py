@@ -2,20 +2,22 @@
 
 Why: fork() write-protects every private page of the forking process, and each page it writes afterwards
 is copied (a copy-on-write fault, ~2 us each on the project's VM). The server's own loop (requests,
-replies, classifying, reaping) wrote ~200 pages between two forks, so it took ~200 such faults per run;
-this loop writes ~20. The zygote is forked from the server once its heap is settled (and again after the
-server preloads the modules programs may import) and keeps that heap unchanged, since children are
-copies of it. It forks with CLONE_PARENT (sandbox_os.clone_parent), so every child is the server's own
-child, as if the server had forked it: the server reaps it, kills its group and sees its exit status,
-and it dies with the server (PR_SET_PDEATHSIG); the zygote never waits for anything but its next order.
+replies, classifying, reaping) wrote ~185 pages between two forks, so it took ~185 such faults per run;
+this loop writes ~50 (benchmarks/sandbox_cpu.py measures both). The zygote is forked from the server
+once its heap is settled (and again after the server preloads the modules programs may import) and keeps
+that heap unchanged, since children are copies of it. It forks with CLONE_PARENT
+(sandbox_os.clone_parent), so every child is the server's own child, as if the server had forked it: the
+server reaps it, kills its group and sees its exit status, and it dies with the server
+(PR_SET_PDEATHSIG); the zygote never waits for anything but its next order.
 
 Each child's descriptors are made here, before the fork (the child's ends stay in the child); the server
 copies its ends out of the zygote with pidfd_getfd (the zygote is its child, which it may trace), and the
 zygote closes them when its next order comes. Landlock rulesets, one per run directory, live here too,
-since the child inherits its ruleset across the fork. Where clone(CLONE_PARENT) is not available
-(sandbox_os.CLONE_PARENT_WORKS) the server uses a Forker itself, with os.fork, as it did before.
+since the child inherits its ruleset across the fork. Where clone(CLONE_PARENT) or pidfd_getfd is not
+available (another architecture, Linux before 5.6, a ptrace policy such as Yama's scope 2), the server
+uses a Forker itself, with os.fork, as it did before it had a zygote.
 
-Standard library only; imported by the server script (see sandbox_server.py), never by the client.
+Standard library only; imported by the server script (see sandbox_server.py), and by the tests.
 """
 
 from __future__ import annotations
