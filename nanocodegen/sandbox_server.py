@@ -171,8 +171,11 @@ class Server:
             if spare is not None:
                 self.finish(spare)
             self.finish_used()
-            if self.ordered is not None:
-                self.finish(self.spawn())
+            if self.ordered is not None:  # (an error cut the run short) the zygote's reply is still to read
+                try:
+                    self.finish(self.spawn())
+                except (OSError, SetupFailed):
+                    pass  # the error that ended serving is the one to report; the child dies with the server
             self.stop_zygote()
 
     def spawn(self) -> _Child:
