@@ -27,10 +27,10 @@ import struct
 
 if __package__:  # nanocodegen.sandbox_zygote, imported by the tests
     from nanocodegen import sandbox_os
-    from nanocodegen.sandbox_child import child_main
+    from nanocodegen.sandbox_child import child_main, seal_imports
 else:  # imported by the server script, which has put this directory on sys.path for the moment
     import sandbox_os
-    from sandbox_child import child_main
+    from sandbox_child import child_main, seal_imports
 
 # The zygote's wire, fixed-size so that its loop allocates next to nothing. An order: (op, run number,
 # flags); op FORK replies with (pid, then the 5 server ends of Forker.make), pid = -errno if it failed;
@@ -101,6 +101,7 @@ def zygote_main(forker: Forker, orders: int, replies: int) -> None:
         sandbox_os.die_with_parent()
         if os.getppid() != forker.server_pid:  # the server died before the line above took effect
             os._exit(0)
+        seal_imports()  # once here rather than in every child: this loop imports nothing
         read, write, close, make = os.read, os.write, os.close, forker.make
         unpack, pack = ORDER.unpack, REPLY.pack
         held = ()  # the last child's server ends: the server has copied them before its next order

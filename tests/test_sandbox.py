@@ -414,6 +414,14 @@ def test_each_run_draws_its_own_random_numbers(box):
     assert len(draws) == 4
 
 
+def test_imports_find_only_what_the_server_loaded_even_without_landlock():
+    # The zygote seals imports once for all its children; Landlock is not what stops this one.
+    with Sandbox(allow_weak_isolation=True, disable_layers=("landlock",)) as sandbox:
+        for _ in range(2):
+            r = sandbox.run("import csv\nresult = 1")
+            assert r.error == "ModuleNotFoundError: No module named 'csv' (line 1)", r
+
+
 def test_preloading_forks_a_new_zygote():
     # The modules come in with the first job that may import them; a zygote forked before would lack them.
     with Sandbox(workers=1) as sandbox:
