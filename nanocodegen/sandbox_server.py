@@ -10,11 +10,11 @@ imports only small stdlib modules, because every page it maps is copied into eac
 fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
 may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
 not under the `task` policy), since children cannot read them from disk. Children are forked by the
-server's zygote (sandbox_zygote.py), which is forked again once the modules are loaded. It speaks length-prefixed
-marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid", "features"},
-then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means shut down. The
-child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
-does not guarantee is written in nanocodegen/sandbox.py.
+server's zygote (sandbox_zygote.py), which is forked again once the modules are loaded. It speaks
+length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello
+{"pid", "features"}, then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF
+means shut down. The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the
+isolation does and does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
@@ -321,7 +321,7 @@ class Server:
             self.order()
         state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
-            if spare is None:
+            if spare is None and self.ordered is None:
                 spare = self.spawn()  # a slow program: fork the next child while it runs
             state = self._wait(child, deadline)
         wall_ms = (time.perf_counter() - start) * 1000

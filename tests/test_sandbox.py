@@ -361,11 +361,16 @@ def test_a_forked_caller_gets_its_own_server(box):
 
 
 def zygote_of(server: int) -> int:
-    """The server's zygote: its one child that stays in the server's process group."""
+    """The server's zygote: the oldest of its children in the server's process group (a child just forked
+    is there too, until it moves to its own group)."""
     with open(f"/proc/{server}/task/{server}/children") as f:
         pids = [int(p) for p in f.read().split()]
-    (zygote,) = [p for p in pids if os.getpgid(p) == os.getpgid(server)]
-    return zygote
+    return min((start_time(p), p) for p in pids if os.getpgid(p) == os.getpgid(server))[1]
+
+
+def start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
 
 
 def test_children_are_forked_by_the_zygote_yet_are_the_servers():
