@@ -45,10 +45,19 @@ def proc_stat(pid: int) -> dict:
 
 
 def zygotes(server: int) -> list[int]:
-    """The server's children that stay in its process group (runs lead their own)."""
+    """The server's zygote, if it has one: the oldest of its children in its process group (runs move to
+    their own group as they set up, so a child just forked may be there too for a moment)."""
     with open(f"/proc/{server}/task/{server}/children") as f:
         pids = [int(p) for p in f.read().split()]
-    return [p for p in pids if os.getpgid(p) == os.getpgid(server)]
+    in_group = []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == os.getpgid(server):
+                with open(f"/proc/{pid}/stat") as f:
+                    in_group.append((int(f.read().rsplit(")", 1)[1].split()[19]), pid))  # starttime
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # a run that ended meanwhile
+    return [min(in_group)[1]] if in_group else []
 
 
 def main(argv: list[str] | None = None) -> None:
