@@ -185,6 +185,19 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
         os._exit(EXIT_SETUP_FAILED)
 
 
+_imports_sealed = False
+
+
+def seal_imports() -> None:
+    """From now on, imports find only what is already loaded (the server preloaded AVAILABLE_MODULES),
+    builtin or frozen: without the path finder no import looks at a file, so a missing module is a plain
+    ModuleNotFoundError whether or not this kernel confines reads. For a child, or the zygote (which never
+    imports again) on behalf of all its children."""
+    global _imports_sealed
+    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "PathFinder"]
+    _imports_sealed = True
+
+
 def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
     # What is the same for every child (no core dumps, SIGXFSZ, UTF-8 stdio, no_new_privs) the server did
     # once; what is left here is per run. It runs before the program's clock starts, overlapping the
@@ -204,10 +217,8 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
     os.closerange(3, RULESET_FD)
     os.closerange(RESULT_FD + 1, sandbox_os.MAX_FD)
     os.chdir(run_dir)  # also HOME and TMPDIR, which the server's environment sets to "."
-    # Imports: only what is already loaded (the server preloaded AVAILABLE_MODULES), builtin or frozen.
-    # Without the path finder no import looks at a file, so a missing module is a plain
-    # ModuleNotFoundError whether or not this kernel confines reads.
-    sys.meta_path[:] = [f for f in sys.meta_path if getattr(f, "__name__", "") != "PathFinder"]
+    if not _imports_sealed:  # (the zygote seals them once for all its children)
+        seal_imports()
     # Hard limits: once lowered, the program cannot raise them again. RLIMIT_CPU waits for the request
     # (the server lowers it to fit the time limit then), since raising a hard limit takes privilege.
     resource.setrlimit(resource.RLIMIT_CPU, (MAX_CPU_S, MAX_CPU_S))

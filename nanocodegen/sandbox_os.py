@@ -213,6 +213,50 @@ def trim_heap() -> None:
         trim(0)
 
 
+# clone(2)'s number where its first argument is the flags (x86_64 has its own table; the generic one is
+# aarch64's and riscv64's); elsewhere CLONE_PARENT_WORKS is False and the server forks its children itself.
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}.get(os.uname().machine, 0)
+_SYS_PIDFD_GETFD = 438  # the same on every architecture
+_CLONE_PARENT = 0x8000
+CLONE_PARENT_WORKS = _SYS_CLONE != 0
+_pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across the call (see clone_parent)
+_pylibc.syscall.restype = ctypes.c_long
+
+
+def clone_parent() -> int:
+    """os.fork(), except that the new process is a child of the caller's parent (CLONE_PARENT), not of
+    the caller: 0 in the new process, its pid in the caller.
+
+    The sandbox's zygote forks children this way so that they are the server's own: the server reaps them
+    (their exit status and rusage), and they die with it (PR_SET_PDEATHSIG). Python's fork bookkeeping is
+    done as os.fork() does it (PyOS_BeforeFork and the after-fork hooks: locks, thread states, the
+    os.register_at_fork callbacks such as random's reseeding); the caller must be single-threaded."""
+    _before_fork()
+    pid = _raw_syscall(_SYS_CLONE, _CLONE_PARENT | _signal.SIGCHLD, 0, 0, 0, 0)
+    if pid == 0:
+        _after_fork_child()
+        return 0
+    if pid < 0:
+        err = ctypes.get_errno()
+        _after_fork_parent()
+        raise OSError(err, f"clone(CLONE_PARENT) failed: {os.strerror(err)}")
+    _after_fork_parent()
+    return pid
+
+
+# Bound once: each attribute lookup on a ctypes library is work (and pages written) in the zygote's loop.
+_raw_syscall = _pylibc.syscall
+_before_fork = ctypes.pythonapi.PyOS_BeforeFork
+_after_fork_child = ctypes.pythonapi.PyOS_AfterFork_Child
+_after_fork_parent = ctypes.pythonapi.PyOS_AfterFork_Parent
+
+
+def pidfd_getfd(pidfd: int, fd: int) -> int:
+    """A copy of descriptor `fd` of the process behind `pidfd` (the caller may ptrace it: its child), as a
+    new close-on-exec descriptor of the caller."""
+    return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+
+
 def die_with_parent() -> None:
     """SIGKILL this process when its parent (the server) dies."""
     _libc.prctl(_PR_SET_PDEATHSIG, _signal.SIGKILL, 0, 0, 0)

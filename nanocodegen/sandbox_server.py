@@ -9,11 +9,12 @@ CONFIG is {"limits": Limits as a dict, "disable": [layer names]}, marshalled and
 imports only small stdlib modules, because every page it maps is copied into each child's page tables at
 fork and every page a child touches is copied on write; both are the per-run cost. The modules programs
 may import (sandbox_child.AVAILABLE_MODULES) come in only with the first job that may import them (one
-not under the `task` policy), since children cannot read them from disk. It speaks length-prefixed
-marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello {"pid", "features"},
-then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF means shut down. The
-child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
-does not guarantee is written in nanocodegen/sandbox.py.
+not under the `task` policy), since children cannot read them from disk. Children are forked by the
+server's zygote (sandbox_zygote.py), which is forked again once the modules are loaded. It speaks
+length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the only peer): a hello
+{"pid", "features"}, then one reply per request {"job": sandbox_child's job dict, "timeout_ms": int}; EOF
+means shut down. The child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the
+isolation does and does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ import unicodedata  # noqa: F401 - the parser imports it for any non-ASCII ident
 # imports only, so that programs cannot import the package's other modules by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import sandbox_os  # noqa: E402
+import sandbox_zygote  # noqa: E402
 from sandbox_child import (  # noqa: E402
     AVAILABLE_MODULES,
     CRASHED,
@@ -47,10 +49,10 @@ from sandbox_child import (  # noqa: E402
     TIMEOUT,
     UNSAFE,
     WRONG_OUTPUT,
-    child_main,
     format_size,
     warm_up,
 )
+from sandbox_zygote import Forker  # noqa: E402
 
 del sys.path[0]
 
@@ -76,14 +78,21 @@ class SetupFailed(RuntimeError):
 
 class _Child:
     # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
-    __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run_dir", "reaped", "status", "usage")
-    __slots__ += ("report", "watch", "ruleset")
+    __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run", "reaped", "status", "usage")
+    __slots__ += ("report", "watch")
 
-    def __init__(self, pid, pidfd, ready, go, out, err, res, run_dir, ruleset):
+    def __init__(self, pid, pidfd, ready, go, out, err, res, run):
         self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
-        self.out, self.err, self.res, self.run_dir, self.ruleset = out, err, res, run_dir, ruleset
+        self.out, self.err, self.res, self.run = out, err, res, run  # run: the run directory's number
         self.reaped, self.status, self.usage = False, 0, None
         self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
+
+
+class _Zygote:
+    __slots__ = ("pid", "pidfd", "orders", "replies")
+
+    def __init__(self, pid, pidfd, orders, replies):
+        self.pid, self.pidfd, self.orders, self.replies = pid, pidfd, orders, replies
 
 
 class Server:
@@ -98,6 +107,10 @@ class Server:
     A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
     its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
     would be; otherwise it is removed.
+
+    Children are forked by the zygote (sandbox_zygote.py), a child of the server that does nothing else,
+    so that the server's own work between forks copies no pages; they are the server's children all the
+    same (CLONE_PARENT). Where that is not available the server forks them itself.
     """
 
     def __init__(self, base_dir: str, limits: dict, features: dict):
@@ -112,7 +125,11 @@ class Server:
         self.live: set[int] = set()  # children forked and not yet finished
         self.children_path = f"/proc/self/task/{self.pid}/children"
         self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
-        self.free_dirs: list[tuple[str, int]] = []  # (empty run directory, its Landlock ruleset fd or -1)
+        self.free_dirs: list[int] = []  # numbers of empty run directories, kept with their Landlock rulesets
+        self.zygote: _Zygote | None = None
+        self.use_zygote = sandbox_os.CLONE_PARENT_WORKS  # False once this kernel refused the zygote's way
+        self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
+        self.ordered: tuple[int, int] | None = None  # (run, flags) of a child ordered from the zygote, not collected
 
     def serve(self, client: int) -> None:
         spare = self.spawn()
@@ -130,6 +147,7 @@ class Server:
                     # spare, which was forked without them. Once per server.
                     self.finish(spare)
                     self.finish_used()
+                    self.stop_zygote()  # its heap lacks them too
                     preload()
                     self.preloaded, spare = True, self.spawn()
                 child, spare = spare, None
@@ -153,33 +171,122 @@ class Server:
             if spare is not None:
                 self.finish(spare)
             self.finish_used()
+            if self.ordered is not None:  # (an error cut the run short) the zygote's reply is still to read
+                try:
+                    self.finish(self.spawn())
+                except (OSError, SetupFailed):
+                    pass  # the error that ended serving is the one to report; the child dies with the server
+            self.stop_zygote()
 
     def spawn(self) -> _Child:
-        """Fork the next child; it sets itself up in parallel with whatever the server does next."""
-        self.count += 1
-        if self.free_dirs:
-            run_dir, ruleset = self.free_dirs.pop()
-        else:
-            run_dir = f"{self.base_dir}/run{self.count}"
-            os.mkdir(run_dir, 0o700)
-            # The Landlock ruleset is built here, so the child only has to enforce it.
-            ruleset = sandbox_os.landlock_ruleset(run_dir, self.features["landlock_abi"])
-        out, err = os.memfd_create("stdout"), os.memfd_create("stderr")
-        ready_r, ready_w = os.pipe()
-        go_r, go_w = os.pipe()
-        res_r, res_w = os.pipe()
-        pid = os.fork()
-        if pid == 0:
-            fds = (ready_w, go_r, out, err, res_w)
-            child_main(fds, run_dir, ruleset, self.limits, self.pid, self.warm_children)
-        for fd in (ready_w, go_r, res_w):
-            os.close(fd)
+        """Fork the next child (or take the one ordered); it sets itself up in parallel with whatever the
+        server does next."""
+        if self.ordered is None:
+            self.order()
+        (run, flags), self.ordered = self.ordered, None
+        pid, (ready, go, out, err, res) = self.fork_child(run, flags)
         self.live.add(pid)
         try:
             os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
         except OSError:
             pass  # the child got there first, or already died (run() will see that)
-        return _Child(pid, os.pidfd_open(pid), ready_r, go_w, out, err, res_r, run_dir, ruleset)
+        return _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
+
+    def order(self) -> None:
+        """Order the next child from the zygote, which forks it while the server goes on; spawn() takes
+        it. (Without a zygote the fork waits for spawn().)"""
+        assert self.ordered is None, "the child ordered before is not taken yet"
+        self.count += 1
+        run, new = (self.free_dirs.pop(), False) if self.free_dirs else (self.count, True)
+        flags = (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
+        self.ordered = (run, flags)
+        if self.zygote is None and self.forker is None:
+            self.start_zygote()
+        if self.zygote is not None:
+            try:
+                sandbox_os.write_all(self.zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
+            except BrokenPipeError:
+                pass  # the zygote died: fork_child finds out and starts another
+
+    def fork_child(self, run: int, flags: int) -> tuple[int, list[int]]:
+        """The pid of the child ordered for run directory `run` and the server's ends of its descriptors
+        (see Forker.make)."""
+        for attempt in range(2):
+            if self.forker is not None:
+                return self.forker.make(run, flags)
+            zygote = self.zygote
+            try:
+                if attempt:  # to the zygote started after the first one died
+                    sandbox_os.write_all(zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.FORK, run, flags))
+                reply = sandbox_os.read_exact(zygote.replies, sandbox_zygote.REPLY.size)
+            except (BrokenPipeError, EOFError):
+                reply = None
+            if reply is not None:
+                pid, *fds = sandbox_zygote.REPLY.unpack(reply)
+                try:
+                    if pid < 0:
+                        raise OSError(-pid, os.strerror(-pid))
+                    return pid, _copy_fds(zygote.pidfd, fds)  # before the zygote's next order closes them
+                except OSError:
+                    # clone(CLONE_PARENT) or pidfd_getfd refused (a kernel older than 5.6, a ptrace policy
+                    # such as Yama's scope 2): fork children here instead, as the server did before it
+                    # had a zygote. (A fork that fails here too is the caller's error, as it always was.)
+                    if pid > 0:
+                        _kill(pid)
+                        os.waitpid(pid, 0)
+                    self.use_zygote = False
+                    self.stop_zygote()
+                    self.start_zygote()
+                    self.count += 1  # the zygote may have made the directory
+                    return self.forker.make(self.count, flags | sandbox_zygote.NEW)
+            # The zygote died (killed from outside): start another, which knows no run directory yet.
+            self.stop_zygote()
+            self.start_zygote()
+            if flags & sandbox_zygote.NEW:  # it may have made this one before it died
+                self.count += 1
+                run = self.count
+        raise SetupFailed("the zygote died twice in a row")
+
+    def start_zygote(self) -> None:
+        """Fork the zygote from the server as it is now (heap settled, modules loaded or not); where
+        the zygote's way does not work (use_zygote), make the Forker that the server uses itself instead."""
+        forker = Forker(sandbox_os.clone_parent if self.use_zygote else os.fork, self.base_dir, self.limits,
+                        self.pid, self.features["landlock_abi"])  # fmt: skip
+        if not self.use_zygote:
+            self.forker = forker
+            return
+        orders_r, orders_w = os.pipe()
+        replies_r, replies_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            # Nothing of the server's but the two pipes: not the client's socket, no child's descriptors.
+            last = 2
+            for fd in sorted((orders_r, replies_w)):
+                os.closerange(last + 1, fd)
+                last = fd
+            os.closerange(last + 1, sandbox_os.MAX_FD)
+            sandbox_zygote.zygote_main(forker, orders_r, replies_w)
+        os.close(orders_r)
+        os.close(replies_w)
+        self.live.add(pid)
+        # A new zygote has no ruleset yet: it builds one for each run directory it is given.
+        self.zygote = _Zygote(pid, os.pidfd_open(pid), orders_w, replies_r)
+
+    def stop_zygote(self) -> None:
+        if self.forker is not None:
+            self.forker.close()
+            self.forker = None
+        if self.zygote is None:
+            return
+        zygote, self.zygote = self.zygote, None
+        _kill(zygote.pid)
+        try:
+            os.waitpid(zygote.pid, 0)
+        except ChildProcessError:
+            pass
+        self.live.discard(zygote.pid)
+        for fd in (zygote.pidfd, zygote.orders, zygote.replies):
+            os.close(fd)
 
     def ready_child(self, child: _Child) -> _Child:
         """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
@@ -197,7 +304,8 @@ class Server:
 
     def run(self, child: _Child, request: dict, quick_s: float) -> tuple[dict, _Child | None]:
         """Run one program in a ready child; returns the reply and the next child if it forked one (when
-        the program was not done within `quick_s`)."""
+        the program was not done within `quick_s`). Back to back, the next child is ordered from the zygote
+        as the program starts, and the next spawn() takes it."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
@@ -209,11 +317,11 @@ class Server:
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
         deadline, spare = start + timeout_ms / 1000, None
-        if self.used is not None:  # back to back: fork the next child while the program runs
-            spare = self.spawn()
+        if self.used is not None:  # back to back: the zygote forks the next child while the program runs
+            self.order()
         state = self._wait(child, min(deadline, start + quick_s))
         if state == "running":
-            if spare is None:
+            if spare is None and self.ordered is None:
                 spare = self.spawn()  # a slow program: fork the next child while it runs
             state = self._wait(child, deadline)
         wall_ms = (time.perf_counter() - start) * 1000
@@ -285,16 +393,17 @@ class Server:
         self.sweep()
         for fd in (child.pidfd, child.ready, child.go, child.out, child.err, child.res):
             os.close(fd)
-        self.recycle_dir(child.run_dir, child.ruleset)
+        self.recycle_dir(child.run)
 
     def finish_used(self) -> None:
         if self.used is not None:
             used, self.used = self.used, None
             self.finish(used)
 
-    def recycle_dir(self, run_dir: str, ruleset: int) -> None:
+    def recycle_dir(self, run: int) -> None:
         """Keep a dead run's directory for a later run if it is as a fresh one would be (empty, ours, 0700,
         not a link), else remove it. Its child is reaped and everything it left is killed (finish())."""
+        run_dir = f"{self.base_dir}/run{run}"
         try:
             st = os.lstat(run_dir)
             fresh = st.st_mode & 0o177777 == _DIR_0700 and st.st_uid == os.geteuid()
@@ -302,10 +411,15 @@ class Server:
         except OSError:
             fresh = False
         if fresh and len(self.free_dirs) < FREE_DIRS:
-            self.free_dirs.append((run_dir, ruleset))
+            self.free_dirs.append(run)
             return
-        if ruleset >= 0:
-            os.close(ruleset)
+        if self.forker is not None:
+            self.forker.drop(run)
+        elif self.zygote is not None:
+            try:
+                sandbox_os.write_all(self.zygote.orders, sandbox_zygote.ORDER.pack(sandbox_zygote.DROP, run, 0))
+            except BrokenPipeError:
+                pass  # the zygote died, and its rulesets with it
         sandbox_os.remove_tree(run_dir)
 
     def _reap(self, child: _Child) -> None:
@@ -340,6 +454,19 @@ class Server:
 
 
 _FRAME_HEAD = len(RESULT_MAGIC) + LEN.size
+
+
+def _copy_fds(pidfd: int, fds: list[int]) -> list[int]:
+    """Copies of descriptors `fds` of the process behind `pidfd`, all or none."""
+    copies: list[int] = []
+    try:
+        for fd in fds:
+            copies.append(sandbox_os.pidfd_getfd(pidfd, fd))
+    except OSError:
+        for fd in copies:
+            os.close(fd)
+        raise
+    return copies
 
 
 def _frame_complete(buf: bytes) -> bool:
@@ -412,6 +539,8 @@ def settle_heap() -> None:
 def main(argv: list[str]) -> None:
     client = int(argv[1])
     config, base_dir = marshal.loads(bytes.fromhex(argv[2])), argv[3]
+    # Read by the dynamic linker at start-up (sandbox.py says why); programs need not see it.
+    os.environ.pop("LD_BIND_NOW", None)
     try:
         features = sandbox_os.prepare_server(tuple(config["disable"]))
         server = Server(base_dir, config["limits"], features)

@@ -19,6 +19,21 @@ def box():
         yield sandbox
 
 
+def run_children(server: int) -> list[int]:
+    """The server's children that belong to runs: each leads its own process group. (The zygote, which
+    forks them, stays in the server's group.)"""
+    with open(f"/proc/{server}/task/{server}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    runs = []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == pid:
+                runs.append(pid)
+        except ProcessLookupError:
+            pass
+    return runs
+
+
 def state(pid: int) -> str:
     """The process's state letter from /proc ("S" sleeping, "Z" zombie, ...), "" if it is gone."""
     try:
@@ -345,14 +360,90 @@ def test_a_forked_caller_gets_its_own_server(box):
     assert box.server_pids() == parent_pids and box.run("result = 6").output == "6"
 
 
+def zygote_of(server: int) -> int:
+    """The server's zygote: the oldest of its children in the server's process group (a child just forked
+    is there too, until it moves to its own group)."""
+    with open(f"/proc/{server}/task/{server}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    return min((start_time(p), p) for p in pids if os.getpgid(p) == os.getpgid(server))[1]
+
+
+def start_time(pid: int) -> int:
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime
+
+
+def test_children_are_forked_by_the_zygote_yet_are_the_servers():
+    with Sandbox(workers=1) as sandbox:
+        r = sandbox.run("import os\nresult = (os.getppid(), os.getpid() == os.getpgid(0))")
+        (server,) = sandbox.server_pids()
+        zygote = zygote_of(server)
+        # The run's parent is the server (it reaps it and sees its exit status), not the zygote that forked it.
+        assert eval(r.output) == (server, True)  # noqa: S307 - our own repr of a tuple
+        with open(f"/proc/{zygote}/stat") as f:
+            assert int(f.read().rsplit(")", 1)[1].split()[1]) == server  # the zygote's parent
+        # A crash is seen through the server's wait4, as before: the exit status and the signal.
+        assert sandbox.run("import os\nos._exit(3)").error == "the process exited early with status 3"
+        r = sandbox.run("import ctypes\nctypes.string_at(0)")
+        assert (r.status, r.error) == (Outcome.CRASHED, "the process was killed by signal SIGSEGV")
+
+
+def test_the_zygote_holds_no_socket_and_no_run_descriptors():
+    with Sandbox(workers=1) as sandbox:
+        for _ in range(3):
+            assert sandbox.run("result = 1").ok
+        zygote = zygote_of(sandbox.server_pids()[0])
+        targets = [os.readlink(f"/proc/{zygote}/fd/{fd}") for fd in os.listdir(f"/proc/{zygote}/fd")]
+        # stdio, its two pipes to the server, the last child's five server ends (until its next order) and
+        # the run directories' Landlock rulesets: never the client's socket.
+        assert not [t for t in targets if t.startswith("socket:")], targets
+        assert len(targets) <= 3 + 2 + 5 + 8, targets
+
+
+def test_pool_survives_its_zygote_being_killed():
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 1", policy="tests").ok  # preloaded: the zygote is the one it will keep
+        (server,) = sandbox.server_pids()
+        for _ in range(2):  # the spare was forked already; the zygote is missed on the run after
+            os.kill(zygote_of(server), signal.SIGKILL)
+            for i in range(3):
+                r = sandbox.run(f"result = {i}", policy="tests")
+                assert (r.status, r.output) == (OK, str(i))
+        assert sandbox.server_pids() == [server]
+        zygote_of(server)  # a new one
+
+
+def test_each_run_draws_its_own_random_numbers(box):
+    # Children are forked with Python's after-fork hooks, as os.fork does: random reseeds in each.
+    draws = {box.run("import random\nresult = random.random()", policy="tests").output for _ in range(4)}
+    assert len(draws) == 4
+
+
+def test_imports_find_only_what_the_server_loaded_even_without_landlock():
+    # The zygote seals imports once for all its children; Landlock is not what stops this one.
+    with Sandbox(allow_weak_isolation=True, disable_layers=("landlock",)) as sandbox:
+        for _ in range(2):
+            r = sandbox.run("import csv\nresult = 1")
+            assert r.error == "ModuleNotFoundError: No module named 'csv' (line 1)", r
+
+
+def test_preloading_forks_a_new_zygote():
+    # The modules come in with the first job that may import them; a zygote forked before would lack them.
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 1", policy="task").ok
+        (server,) = sandbox.server_pids()
+        before = zygote_of(server)
+        assert sandbox.run("import fractions\nresult = fractions.Fraction(1, 3)", policy="tests").output == "1/3"
+        assert zygote_of(server) != before
+
+
 def test_pool_survives_its_waiting_child_being_killed():
     with Sandbox(workers=1) as sandbox:
         assert sandbox.run("result = 1").ok
         (server,) = sandbox.server_pids()
         deadline = time.monotonic() + 3
         while time.monotonic() < deadline:  # until the used child is reaped and only the spare is left
-            with open(f"/proc/{server}/task/{server}/children") as f:
-                children = [int(p) for p in f.read().split()]
+            children = run_children(server)
             if len(children) == 1 and state(children[0]) == "S":  # asleep, waiting for a request
                 break
         (spare,) = children  # the child forked for the next request
@@ -467,8 +558,7 @@ def test_back_to_back_runs_are_reaped_once_the_caller_pauses(box):
     (server,) = box.server_pids()
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:  # the last used child is reaped in the caller's gap
-        with open(f"/proc/{server}/task/{server}/children") as f:
-            children = [int(p) for p in f.read().split()]
+        children = run_children(server)
         if len(children) == 1 and state(children[0]) == "S":  # only the spare, waiting for a request
             break
         time.sleep(0.01)
