@@ -148,7 +148,8 @@ def print_summary(console: Console, results: dict) -> None:
     console.print(
         f"attempt latency p50 {fmt(s['attempt_latency_ms_p50'], ' ms')}, "
         f"p90 {fmt(s['attempt_latency_ms_p90'], ' ms')}; "
-        f"{fmt(s['tokens_per_s'])} generated tok/s; time in prefill {t['prefill'] / total:.0%}, "
+        f"{fmt(s['tokens_per_s'])} generated tok/s per attempt, {fmt(s.get('generated_tokens_per_wall_s'))} "
+        f"over the run; time in prefill {t['prefill'] / total:.0%}, "
         f"decode {t['decode'] / total:.0%}, verify {t['verify'] / total:.0%}; "
         f"wall {s.get('wall_s', 0):.1f} s; peak RSS {s['peak_rss_bytes'] / 2**20:.0f} MiB"
     )

@@ -52,6 +52,8 @@ def summarize(episodes: list[dict], max_attempts: int, wall_seconds: float | Non
             "verify_ms_p50": percentile([a["verify_ms"] for a in attempts], 50),
             "total_prompt_tokens": sum(e["total_prompt_tokens"] for e in episodes),
             "total_new_tokens": sum(e["total_new_tokens"] for e in episodes),
+            # the rate an attempt generates at (tokens over the attempts' own prefill + decode time); in a
+            # batched run attempts overlap, so the run's throughput is `generated_tokens_per_wall_s`
             "tokens_per_s": new_tokens / (gen_ms / 1e3) if gen_ms else None,
             "time_ms": {
                 "prefill": sum(a["prefill_ms"] for a in attempts),
@@ -65,6 +67,7 @@ def summarize(episodes: list[dict], max_attempts: int, wall_seconds: float | Non
     if wall_seconds is not None:
         summary["wall_s"] = wall_seconds
         summary["tasks_per_s"] = len(episodes) / wall_seconds if wall_seconds else None
+        summary["generated_tokens_per_wall_s"] = summary["total_new_tokens"] / wall_seconds if wall_seconds else None
     groups = {
         "by_suite": lambda e: e.get("suite", ""),
         "by_tier": lambda e: str(e.get("tier", 0)),
@@ -128,7 +131,8 @@ def bench_metrics(summary: dict) -> dict:
     """The report's flat `metrics` block for a bench run, from its summary."""
     keys = ("tasks", "solved", "solve_rate", "pass_at_1", "mean_attempts_to_correct", "attempts",
             "attempt_latency_ms_p50", "attempt_latency_ms_p90", "ttft_ms_p50", "verify_ms_p50", "tokens_per_s",
-            "total_prompt_tokens", "total_new_tokens", "tasks_per_s", "wall_s", "peak_rss_bytes",
+            "total_prompt_tokens", "total_new_tokens", "tasks_per_s", "generated_tokens_per_wall_s", "wall_s",
+            "peak_rss_bytes",
             "max_kv_cache_bytes")
     metrics = {k: summary.get(k) for k in keys}
     metrics.update(time_shares(summary.get("time_ms", {})))

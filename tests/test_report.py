@@ -97,3 +97,13 @@ def test_compare_puts_metrics_side_by_side_with_ratios(tmp_path, capsys):
     assert main(["compare", str(a), str(b)]) == 0
     out = capsys.readouterr().out
     assert "tasks_per_s" in out and "1.500" in out and "checkpoint_sha256" in out
+
+
+def test_summary_separates_the_attempt_rate_from_the_run_throughput():
+    # two episodes whose attempts overlapped in time (as in a batched run): each attempt generated 12 tokens
+    # in 12 ms of its own, the whole run took 10 ms of wall time
+    episodes = [{**episode(i, 1, True), "total_new_tokens": 12} for i in range(2)]
+    summary = summarize(episodes, 5, wall_seconds=0.010)
+    assert summary["tokens_per_s"] == pytest.approx(24 / 0.024)
+    assert summary["generated_tokens_per_wall_s"] == pytest.approx(24 / 0.010)
+    assert bench_metrics(summary)["generated_tokens_per_wall_s"] == summary["generated_tokens_per_wall_s"]
