@@ -365,7 +365,14 @@ def zygote_of(server: int) -> int:
     is there too, until it moves to its own group)."""
     with open(f"/proc/{server}/task/{server}/children") as f:
         pids = [int(p) for p in f.read().split()]
-    return min((start_time(p), p) for p in pids if os.getpgid(p) == os.getpgid(server))[1]
+    group, candidates = os.getpgid(server), []
+    for pid in pids:
+        try:
+            if os.getpgid(pid) == group:
+                candidates.append((start_time(pid), pid))
+        except (ProcessLookupError, FileNotFoundError):  # a child that exited since the listing
+            continue
+    return min(candidates)[1]
 
 
 def start_time(pid: int) -> int:
