@@ -82,6 +82,11 @@ class LoadGenConfig:
     warmup: int = _f(8, "episodes run before the test, to warm up and to measure throughput for the defaults")
     batch: int = _f(16, "Offline: episodes run at once by the batched agents (1: one after another); "
                         "SingleStream and Server run one episode at a time")
+    threads: int = _f(1, "torch intra-op threads for the model (1 leaves the other core to the sandbox)")
+    compile: bool = _f(False, "torch.compile the cached decode step and padded prefill, as bench --compile "
+                              "(compiled before the test)")
+    precision: str = _f("fp32", "dtype of the cached steps' matrix products and KV cache, as bench --precision",
+                        choices=("fp32", "bf16"))
 
 
 @dataclass(frozen=True)

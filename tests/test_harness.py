@@ -269,3 +269,13 @@ def test_loadgen_bad_user_conf_is_a_one_line_error(tmp_path, capsys):
                  "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert "no such file" in err and len(err.strip().splitlines()) == 1
+
+
+def test_loadgen_offline_runs_the_compiled_engine_and_records_its_settings(tmp_path):
+    assert main(["loadgen", "--suite", "seed", "--scenario", "Offline", "--min-query-count", "8",
+                 "--min-duration-ms", "100", "--warmup", "2", "--batch", "4", "--compile", "--threads", "1",
+                 "--out", str(tmp_path)]) == 0
+    r = json.loads((tmp_path / "results.json").read_text())
+    assert r["config"]["compile"] is True and r["config"]["precision"] == "fp32" and r["config"]["threads"] == 1
+    assert r["metrics"]["headline"]["value"] > 0 and r["loadgen"]["errors"] == []
+    assert main(["loadgen", "--suite", "seed", "--threads", "0", "--out", str(tmp_path / "bad")]) == 2
