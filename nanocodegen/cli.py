@@ -244,8 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "compiles for ~30-60 s before the run, ~5-10 s once inductor's cache is warm)")
     bench.add_argument("--precision", choices=list(PRECISIONS), default="fp32",
                        help="dtype of the model's cached-step matrix products and KV cache: bf16 pays with "
-                            "--batch on CPUs with bf16 units; greedy codes may differ from fp32's where logits "
-                            "nearly tie (default: fp32)")
+                            "--batch on CPUs with bf16 units; greedy codes may differ from fp32's, and from run "
+                            "to run, where logits nearly tie (default: fp32, exact)")
     add_dataclass_args(bench, AgentConfig)
     bench.set_defaults(func=_bench)
 
