@@ -115,19 +115,25 @@ def test_decode_step_on_named_rows_leaves_the_other_rows_alone(tiny_model):
     assert torch.equal(after[:, [0, 2]], before[:, [0, 2]])
 
 
-def test_compiled_decode_step_on_named_rows_equals_eager(tiny_model):
-    # compiled, the masked attention is written out (see decode_step); it must agree with SDPA's
-    step = torch.compile(tiny_model.decode_step, dynamic=True, fullgraph=True)
-    tiny_model.setup_kv_cache(5)
-    for row in range(5):
-        tiny_model(torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(row)), start_pos=0,
-                   cache_row=row)
-    rows, positions, tokens = torch.tensor([4, 0, 2]), torch.tensor([20, 11, 16]), torch.tensor([1, 2, 3])
-    saved = [b.attn.kv_cache.kv.clone() for b in tiny_model.layers]
-    eager = tiny_model.decode_step(tokens, positions, 21, rows=rows)
-    for b, kv in zip(tiny_model.layers, saved, strict=True):
-        b.attn.kv_cache.kv.copy_(kv)
-    assert torch.allclose(step(tokens, positions, 21, rows=rows), eager, atol=1e-5)
+@pytest.mark.parametrize("dtype, atol", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2)])
+def test_compiled_decode_step_on_named_rows_equals_eager(tiny_model, dtype, atol):
+    # compiled, the masked attention is written out (see decode_step); it must agree with SDPA's, in fp32
+    # and with bf16 products and cache (where the two round differently)
+    tiny_model.set_decode_dtype(dtype)
+    try:
+        step = torch.compile(tiny_model.decode_step, dynamic=True, fullgraph=True)
+        tiny_model.setup_kv_cache(5)
+        for row in range(5):
+            tiny_model(torch.randint(0, 97, (1, 20), generator=torch.Generator().manual_seed(row)), start_pos=0,
+                       cache_row=row)
+        rows, positions, tokens = torch.tensor([4, 0, 2]), torch.tensor([20, 11, 16]), torch.tensor([1, 2, 3])
+        saved = [b.attn.kv_cache.kv.clone() for b in tiny_model.layers]
+        eager = tiny_model.decode_step(tokens, positions, 21, rows=rows)
+        for b, kv in zip(tiny_model.layers, saved, strict=True):
+            b.attn.kv_cache.kv.copy_(kv)
+        assert torch.allclose(step(tokens, positions, 21, rows=rows), eager, atol=atol)
+    finally:
+        tiny_model.set_decode_dtype(torch.float32)
 
 
 def test_decode_step_adds_retry_vectors_per_row_and_none_at_step_zero():
