@@ -13,7 +13,8 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
      chunked prefill does). Each row samples its next token; an attempt that ends (stop token or token
      budget) hands its program to a verifier thread and keeps its row while it waits.
      With `compile_decode` (`bench --batch N --compile`) the step splits in two: the prompts starting go
-     through that packed forward, then every attempt decoding takes its next tokens from one compiled
+     through one compiled padded prefill (`prefill_padded`; those after a cached prefix through that
+     packed forward), then every attempt decoding takes its next tokens from one compiled
      call over their cache rows (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when
      every attempt has room for them, else one). The cache has one scratch row beyond the N slots, which
      pads a lone decoding row to two so that one compiled graph serves every step.
