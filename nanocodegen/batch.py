@@ -284,9 +284,10 @@ class BatchedAgents:
         """One scheduler step: the prompts of the attempts starting and the next tokens of those decoding.
 
         Eagerly (and without a cache), one packed forward computes both, each row attending to exactly
-        its own keys. With `compile_decode`, the prompts go first through that packed forward, then every
-        attempt decoding (those just started included) takes a greedy chunk, or one token, from one
-        compiled call over their cache rows (`_decode`)."""
+        its own keys. With `compile_decode`, the prompts go first: those from position 0 right-padded
+        through one compiled call per group of similar lengths (`_padded_logits`), those after a cached
+        prefix through that packed forward; then every attempt decoding (those just started included)
+        takes a greedy chunk, or one token, from one compiled call over their cache rows (`_decode`)."""
         t0 = time.perf_counter()
         compiled = getattr(self.model, "compiled_decode", None)
         if self.config.kv_cache == "none" or compiled is None:
@@ -330,9 +331,9 @@ class BatchedAgents:
         prompts = [self._begin(slot)[1] for slot in starting]
         rows, lengths = [s.row for s in starting], [len(p) for p in prompts]
         steps = [s.attempt - 1 for s in starting]
-        if len(starting) == 1:
-            prompts, rows, lengths, steps = prompts + [[0]], rows + [self.model.cache_batch_size - 1], lengths + [1], \
-                steps + [0]
+        if len(starting) == 1:  # a one-token prompt on the scratch row (the cache's last)
+            prompts, rows = prompts + [[0]], rows + [self.model.cache_batch_size - 1]
+            lengths, steps = lengths + [1], steps + [0]
         longest = max(lengths)
         ids = torch.tensor([p + [self.tok.pad_id] * (longest - len(p)) for p in prompts], device=self.device)
         as_tensor = lambda values: torch.tensor(values, device=self.device)  # noqa: E731
