@@ -19,6 +19,8 @@ import json
 import os
 import resource
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -45,6 +47,31 @@ DEFAULT_BATCH = 1  # episodes at once; 1 is the sequential agent loop
 DEFAULT_THREADS = 1
 # `bench --precision`: the dtype of the cached steps' matrix products and KV cache (NanoCodeGenAgent.set_decode_dtype)
 PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def prepare_engine(model, precision: str, compile: bool, cache_rows: int) -> dict | None:
+    """Set the model's decode precision and, with `compile`, compile its cached steps and run each graph once
+    for a cache of `cache_rows` rows (1: the sequential agent), so that compiling, or loading inductor's
+    cached graphs, happens before a timed run. Returns the compile record for results.json, or None."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    model.set_decode_dtype(PRECISIONS[precision])
+    if not compile:
+        return None
+    compile_decode(model)
+    return {"chunk": model.compiled_decode.chunk, "warm_up_s": warm_up_decode(model, cache_rows)}
+
+
+@contextmanager
+def collector_frozen() -> Iterator[None]:
+    """The objects that exist now (torch's, the model's, dynamo's: hundreds of thousands) live for the whole
+    run; frozen, Python's collector no longer walks them each time the run's own allocations trigger a
+    collection (~10-15 % of a batched run's main thread went to it)."""
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def pick_device(name: str = "auto") -> torch.device:
@@ -183,16 +210,13 @@ def run_bench(
         raise ValueError(f"--batch must be at least 1, got {batch}")
     if threads < 1:
         raise ValueError(f"--threads must be at least 1, got {threads}")
-    if precision not in PRECISIONS:
+    if precision not in PRECISIONS:  # before the model loads
         raise ValueError(f"--precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     console = console or Console(stderr=True)
     torch.set_num_threads(threads)
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     dev = pick_device(device)
     model, tok, ckpt_config = load_checkpoint(ckpt, dev)
-    model.set_decode_dtype(PRECISIONS[precision])
-    if compile:
-        compile_decode(model)
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -225,9 +249,9 @@ def run_bench(
     }
     if resume:
         results["resumed"] = {"episodes_kept": len(records), "previous_wall_s": previous_wall}
-    if compile:  # compiling (or loading from inductor's disk cache) happens here, before the timed run
-        rows = 1 if batch == 1 else cache_rows(batch, len(todo))
-        results["compile"] = {"chunk": model.compiled_decode.chunk, "warm_up_s": warm_up_decode(model, rows)}
+    compiled = prepare_engine(model, precision, compile, 1 if batch == 1 else cache_rows(batch, len(todo)))
+    if compiled:
+        results["compile"] = compiled
     split_tasks = len(load_suite(QUALITY_SUITE))
     feedback_budget = ckpt_config.get("prompt", {}).get("feedback_budget", 32)
     episodes_path = (out_dir / EPISODES_FILE).open("a" if resume else "w")
@@ -267,26 +291,21 @@ def run_bench(
                 finish("running")
                 last_write = time.perf_counter()
 
-        # The objects that exist now (torch's, the model's, dynamo's: hundreds of thousands) live for the
-        # whole run; frozen, the collector no longer walks them each time the run's own allocations
-        # trigger a collection (~10-15 % of a batched run's main thread went to it).
-        gc.freeze()
         try:
-            if batch == 1:
-                agent = Agent(model, tok, verifier, agent_config, feedback_budget)
-                for index in todo:
-                    record_episode(index, agent.run(tasks[index][1]))
-            else:
-                runner = BatchedAgents(model, tok, verifier, agent_config, batch, feedback_budget,
-                                       verify_threads=verify_workers)
-                runner.run([tasks[i][1] for i in todo], lambda j, episode: record_episode(todo[j], episode))
-                results["batch_stats"] = runner.stats.as_dict()
+            with collector_frozen():
+                if batch == 1:
+                    agent = Agent(model, tok, verifier, agent_config, feedback_budget)
+                    for index in todo:
+                        record_episode(index, agent.run(tasks[index][1]))
+                else:
+                    runner = BatchedAgents(model, tok, verifier, agent_config, batch, feedback_budget,
+                                           verify_threads=verify_workers)
+                    runner.run([tasks[i][1] for i in todo], lambda j, episode: record_episode(todo[j], episode))
+                    results["batch_stats"] = runner.stats.as_dict()
         except KeyboardInterrupt:
             finish("interrupted")
             episodes_path.close()
             raise
-        finally:
-            gc.unfreeze()
     episodes_path.close()
     finish("complete")
     plot_attempts(results["episodes"], agent_config.kv_cache, out_dir / PLOT_FILE)

@@ -22,7 +22,6 @@ e.g. `nanocodegen.Offline.min_duration = 60000`); the explicit flags.
 from __future__ import annotations
 
 import array
-import gc
 import json
 import os
 import queue
@@ -485,9 +484,8 @@ def loadgen_benchmark(
 
     `profile` defaults to "min" for a --quick performance run (accuracy mode runs every task anyway)."""
     from nanocodegen.agent import Agent
-    from nanocodegen.bench import PRECISIONS, peak_rss_bytes, pick_device, write_json
+    from nanocodegen.bench import collector_frozen, peak_rss_bytes, pick_device, prepare_engine, write_json
     from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
-    from nanocodegen.generate import compile_decode, warm_up_decode
     from nanocodegen.tasks import load_suite
     from nanocodegen.verifier import CodeVerifier
 
@@ -497,7 +495,6 @@ def loadgen_benchmark(
     ckpt = Path(checkpoint) if checkpoint else default_checkpoint()
     dev = pick_device(device)
     model, tok, ckpt_config = load_checkpoint(ckpt, dev)
-    model.set_decode_dtype(PRECISIONS[cfg.precision])
     torch.manual_seed(agent_config.seed)
     out_dir = Path(out) if out else default_out_dir(cfg)
     profile = profile or ("min" if cfg.quick and cfg.mode == "performance" else "max")
@@ -508,20 +505,15 @@ def loadgen_benchmark(
         raise HarnessError("--batch must be at least 1")
     # Batched agents verify in threads that overlap generation: one sandbox worker per core at most.
     verify_workers = max(1, min(cfg.batch, os.cpu_count() or 1)) if batched else 1
-    if cfg.compile:  # compiling (or loading inductor's cached graphs) happens here, before LoadGen's clock
-        compile_decode(model)
-        warm_up_decode(model, cache_rows(cfg.batch, len(tasks)) if batched else 1)
+    compiled = prepare_engine(model, cfg.precision, cfg.compile, cache_rows(cfg.batch, len(tasks)) if batched else 1)
     with CodeVerifier(workers=verify_workers, allow_weak_isolation=allow_weak_isolation) as verifier:
         verifier.sandbox.require_isolation()  # now, not at the first attempt
         isolation = verifier.isolation
         agent = Agent(model, tok, verifier, agent_config, feedback_budget)
         runner = BatchedAgents(model, tok, verifier, agent_config, cfg.batch, feedback_budget,
                                verify_threads=verify_workers) if batched else None
-        gc.freeze()  # as bench: the collector no longer walks the objects of torch and the model during the test
-        try:
+        with collector_frozen():
             run = run_loadgen(tasks, cfg, agent.run, out_dir, runner.run if runner else None)
-        finally:
-            gc.unfreeze()
         accuracy = None
         if cfg.mode == "accuracy" and not run.interrupted:
             accuracy = score_accuracy_log(out_dir / ACCURACY_LOG, tasks, verifier, agent_config.max_attempts,
@@ -559,6 +551,8 @@ def loadgen_benchmark(
         "episodes_file": EPISODES_FILE,
         "summary": summary,
     }
+    if compiled:
+        results["compile"] = compiled
     if accuracy:
         results["accuracy"] = accuracy
     write_json(out_dir / RESULTS_FILE, results)

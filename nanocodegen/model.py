@@ -38,6 +38,12 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
 
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """SDPA over cached keys and values, in the cache's dtype (bf16 after `set_decode_dtype`), the result
+    back in the queries' dtype."""
+    return F.scaled_dot_product_attention(q.to(k.dtype), k, v, **kwargs).to(q.dtype)
+
+
 class KVCache(nn.Module):
     """Preallocated keys and values for one attention layer, one row per sequence (a "slot").
 
@@ -112,13 +118,11 @@ class CausalSelfAttention(nn.Module):
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout)
         else:
             k, v = self.kv_cache.update(start_pos, k, v, cache_row)  # (B, n_heads, start_pos + T, head_dim)
-            q = q.to(k.dtype)  # a bf16 cache (set_decode_dtype) attends in bf16
             if T == 1:  # one new token attends to everything cached: no mask needed
-                y = F.scaled_dot_product_attention(q, k, v)
+                y = cached_attention(q, k, v)
             else:  # query i sits at position start_pos + i and may see keys 0 .. start_pos + i
                 mask = torch.ones(T, k.size(2), dtype=torch.bool, device=x.device).tril(start_pos)
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-            y = y.to(x.dtype)
+                y = cached_attention(q, k, v, attn_mask=mask)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
         return self.proj(y)
 
@@ -355,7 +359,7 @@ class NanoCodeGenAgent(nn.Module):
                 kv = kv[:, rows]  # (2, R, H, n, D)
             k, v = kv[0], kv[1]  # (R, H, n, D)
             if mask is None or not torch.compiler.is_compiling():
-                y = F.scaled_dot_product_attention(q.to(k.dtype), k, v, attn_mask=mask).float()
+                y = cached_attention(q, k, v, attn_mask=mask)
             else:  # written out, the scale, mask and softmax fuse into one kernel between the two products:
                 # compiled, ~1.5-2x faster than the SDPA kernel over 32 rows of 100-300 keys (eagerly, slower);
                 # the softmax's division comes after the weighted sum (once per output, not per key): 3-19 %
@@ -405,11 +409,11 @@ class NanoCodeGenAgent(nn.Module):
             for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
                 k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)
                 if c == 1:  # one query at the end sees every key
-                    out.append(F.scaled_dot_product_attention(q[end - 1 : end].to(k.dtype), k, v).float())
+                    out.append(cached_attention(q[end - 1 : end], k, v))
                 else:  # query t sits at position s + t and sees keys 0 .. s + t
                     mask = torch.ones(c, s + c, dtype=torch.bool, device=device).tril(s)
                     qr = q[end - c : end].view(c, H, D).transpose(0, 1).unsqueeze(0)  # (1, H, c, D)
-                    y = F.scaled_dot_product_attention(qr.to(k.dtype), k, v, attn_mask=mask).float()  # (1, H, c, D)
+                    y = cached_attention(qr, k, v, attn_mask=mask)  # (1, H, c, D)
                     out.append(y[0].transpose(0, 1).unsqueeze(2))  # (c, H, 1, D)
             return torch.cat(out) if len(out) > 1 else out[0]
 
@@ -442,8 +446,8 @@ class NanoCodeGenAgent(nn.Module):
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (P * T, H, 1, D) -> (P * T, H, 1, D)
             kv = kv[:, rows, :, :T]  # (2, P, H, T, D): what this step just wrote
-            q = q.view(P, T, H, D).transpose(1, 2).to(kv.dtype)  # (P, H, T, D)
-            y = F.scaled_dot_product_attention(q, kv[0], kv[1], is_causal=True).float()  # (P, H, T, D)
+            q = q.view(P, T, H, D).transpose(1, 2)  # (P, H, T, D)
+            y = cached_attention(q, kv[0], kv[1], is_causal=True)  # (P, H, T, D)
             return y.transpose(1, 2).reshape(P * T, H, 1, D)
 
         last = torch.arange(P, device=tokens.device) * T + lengths - 1  # (P,) each prompt's last token
