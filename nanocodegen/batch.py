@@ -48,7 +48,7 @@ from nanocodegen.agent import (
 )
 from nanocodegen.config import AgentConfig
 from nanocodegen.generate import CompiledDecode, Generation, PrefixCache, sample
-from nanocodegen.model import NanoCodeGenAgent
+from nanocodegen.model import BF16_MIN_ROWS, NanoCodeGenAgent
 from nanocodegen.prompt import task_ids
 from nanocodegen.records import EpisodeRecord, Outcome, Verdict
 from nanocodegen.tasks import Task
@@ -381,10 +381,13 @@ class BatchedAgents:
         as_tensor = lambda values: torch.tensor(values, device=self.device)  # noqa: E731
         args = (as_tensor(tokens), as_tensor(positions), n_keys)
         retry = as_tensor(steps) if self.retry_conditioned else None
+        # With a bf16 cache, few rows decode faster with fp32 products (see NanoCodeGenAgent.decode_step)
+        products = torch.float32 if len(rows) < BF16_MIN_ROWS and self.model.decode_dtype != torch.float32 else None
         if chunk > 1:
-            new = compiled.greedy(*args, retry_steps=retry, rows=as_tensor(rows)).tolist()  # (R, chunk)
+            new = compiled.greedy(*args, retry_steps=retry, rows=as_tensor(rows), products=products)
+            new = new.tolist()  # (R, chunk)
         else:
-            logits = self.model.decode_step(*args, retry, as_tensor(rows))[: len(decoding)]
+            logits = self.model.decode_step(*args, retry, as_tensor(rows), products)[: len(decoding)]
             new = [[t] for t in self._pick(logits, decoding)]
         self.stats.decode_calls += 1
         self.stats.decoding_rows += len(decoding)

@@ -98,19 +98,21 @@ def decode_greedy(
     steps: int,
     retry_steps: torch.Tensor | None = None,
     rows: torch.Tensor | None = None,
+    products: torch.dtype | None = None,
 ) -> torch.Tensor:
     """`steps` greedy tokens per row in one call: (B,) tokens at (B,) positions -> (B, steps) ids, each
     fed back as the next step's input, so a compiled graph runs the whole chunk without returning to
     Python. Every step writes its token's keys and values at positions + i; a caller that stops inside
     the chunk discards the tokens after the stop, and their cache writes lie past anything it keeps.
-    `n_keys` is step 0's bound and `rows` the cache rows of the tokens (see `decode_step`); step i's
-    bound is n_keys + i."""
+    `n_keys` is step 0's bound, `rows` the cache rows of the tokens and `products` the products' dtype
+    (see `decode_step`); step i's bound is n_keys + i."""
     out = []
     for i in range(steps):
         n = None if n_keys is None else n_keys + i
         # The model's own (eager) step, even where compile_decode has replaced it: a compiled chunk
         # traces the steps whole.
-        tokens = NanoCodeGenAgent.decode_step(model, tokens, positions + i, n, retry_steps, rows).argmax(dim=-1)
+        logits = NanoCodeGenAgent.decode_step(model, tokens, positions + i, n, retry_steps, rows, products)
+        tokens = logits.argmax(dim=-1)
         out.append(tokens)
     return torch.stack(out, dim=1)
 
@@ -172,15 +174,19 @@ def warm_up_decode(model: NanoCodeGenAgent, cache_rows: int = 1) -> float:
         args, rows = (tensor([1, 2]), tensor([5, 6]), 7), tensor([0, 1])
     # The batched agents always pass retry steps to a retry-conditioned model; `generate` from attempt 2 on.
     retry_steps = [None] if model.feedback_embed is None else [torch.ones_like(args[0])] + [None] * (rows is None)
+    # With a bf16 cache the batched agents decode few rows with fp32 products (`BatchedAgents._decode`): a graph each
+    products = [None] if rows is None or model.decode_dtype == torch.float32 else [None, torch.float32]
     for steps in retry_steps:  # called as `generate` and `BatchedAgents._decode` call them: guards see the arguments
-        compiled.greedy(*args, retry_steps=steps, **({} if rows is None else {"rows": rows}))
         if rows is None:
+            compiled.greedy(*args, retry_steps=steps)
             model.decode_step(*args, steps)
-        else:
-            model.decode_step(*args, steps, rows)
-            # two padded prompts (`BatchedAgents` pads a lone one with the scratch row, as for decode)
-            model.prefill_padded(tensor([[1, 2, 3], [4, 5, 6]]), rows, tensor([3, 2]),
-                                 None if steps is None else tensor([0, 1]))
+            continue
+        for dtype in products:
+            compiled.greedy(*args, retry_steps=steps, rows=rows, products=dtype)
+            model.decode_step(*args, steps, rows, dtype)
+        # two padded prompts (`BatchedAgents` pads a lone one with the scratch row, as for decode)
+        model.prefill_padded(tensor([[1, 2, 3], [4, 5, 6]]), rows, tensor([3, 2]),
+                             None if steps is None else tensor([0, 1]))
     return time.perf_counter() - t0
 
 

@@ -14,6 +14,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from nanocodegen import attention_kernel
+
+# Measured on this CPU (bf16 cache, compiled step over 4-32 rows): below ~24 rows, fp32 products beat bf16
+# ones, whose oneDNN set-up (~20 us a product) outweighs their speed. The batched agents pick by this.
+BF16_MIN_ROWS = 24
+
 
 @dataclass
 class ModelConfig:
@@ -229,22 +235,27 @@ class NanoCodeGenAgent(nn.Module):
         rows = torch.arange(2 * batch_size * cfg.n_heads, device=ref.device)
         self.register_buffer("_row_offsets", (rows * self.max_seq_len).view(2, batch_size, cfg.n_heads),
                              persistent=False)  # (2, B, n_heads)
+        self.register_buffer("_cache_rows", torch.arange(batch_size, device=ref.device), persistent=False)  # (B,)
         self._attn_scale = 1.0 / math.sqrt(cfg.head_dim)
+        # The batched decode step's attention kernel, where it builds (CPU only; see attention_kernel.py).
+        self._attention_kernel = ref.device.type == "cpu" and attention_kernel.supports(cfg.head_dim)
 
     def _pack_decode_weights(self) -> None:
         """(in, out) copies of the linear layers' weights for the cached steps, made again whenever a
         weight has changed (its storage or version counter). A one-token matrix-vector product streams
         the weight from memory; laid out (in, out), as GPT-2's Conv1D keeps it, it streams ~1.4x faster
-        here than nn.Linear's (out, in). Costs one more copy of the linear weights."""
+        here than nn.Linear's (out, in). Costs one more copy of the linear weights, two in bf16 (an fp32
+        copy serves decode steps over few rows, see `_decode_layers`)."""
         linears = [m for b in self.layers for m in (b.attn.qkv, b.attn.proj, b.mlp[0], b.mlp[2])]
         tensors = [t for m in linears for t in (m.weight, m.bias)] + [self.lm_head.weight]
-        dtype = self.decode_dtype
-        key = [(t.data_ptr(), t._version) for t in tensors] + [dtype]
+        key = [(t.data_ptr(), t._version) for t in tensors] + [self.decode_dtype]
         if key != getattr(self, "_packed_key", None):
+            self._packed = {}  # dtype -> per layer (qkv, proj, fc, out) (weight, bias) pairs
             with torch.no_grad():  # the LM head stays fp32: greedy picks the argmax of its logits
-                packed = [(m.weight.t().contiguous().to(dtype), m.bias.to(dtype)) for m in linears]
-                head = self.lm_head.weight.t().contiguous()
-                self._packed = [packed[i : i + 4] for i in range(0, len(packed), 4)], head
+                for dtype in {torch.float32, self.decode_dtype}:
+                    packed = [(m.weight.t().contiguous().to(dtype), m.bias.to(dtype)) for m in linears]
+                    self._packed[dtype] = [packed[i : i + 4] for i in range(0, len(packed), 4)]
+                self._packed_head = self.lm_head.weight.t().contiguous()
             self._packed_key = key
 
     def set_decode_dtype(self, dtype: torch.dtype) -> None:
@@ -323,6 +334,7 @@ class NanoCodeGenAgent(nn.Module):
         n_keys: int | None = None,
         retry_steps: torch.Tensor | None = None,
         rows: torch.Tensor | None = None,
+        products: torch.dtype | None = None,
     ) -> torch.Tensor:
         """One new token per cached sequence, each at its own position: (R,) ids at (R,) positions ->
         (R, vocab) next-token logits. Token i belongs to cache row rows[i] (default: row i, all B rows of
@@ -338,9 +350,12 @@ class NanoCodeGenAgent(nn.Module):
         this model's size a token costs a few microseconds of arithmetic per op and far more in
         per-module Python dispatch, so the step avoids module calls, slicing and per-step allocations
         beyond the op outputs. `retry_steps` (R,) adds each row's retry-step vector (models with retry
-        conditioning; 0: none).
+        conditioning; 0: none). `products` overrides the linear layers' dtype (default `decode_dtype`): with
+        a bf16 cache, torch.float32 suits steps over few rows, where a bf16 product's ~20 us of oneDNN
+        set-up outweighs fp32's whole product (`BF16_MIN_ROWS`).
         """
         R, B = tokens.size(0), self.cache_batch_size
+        H, D = self.config.n_heads, self.config.head_dim
         if rows is None and B != R:
             raise RuntimeError(f"call setup_kv_cache({R}) before decode_step with {R} sequences")
         n = self.max_seq_len if n_keys is None else n_keys
@@ -354,6 +369,10 @@ class NanoCodeGenAgent(nn.Module):
             write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (R, H, 1, D) -> (R, H, 1, D)
+            if mask is not None and self._attention_kernel:  # each row over its own length, see attention_kernel
+                named = self._cache_rows if rows is None else rows
+                y = attention_kernel.decode_attention(q.view(R, H, D), kv, named, positions + 1, self._attn_scale)
+                return y.view(R, H, 1, D)
             kv = kv[:, :, :, :n]  # (2, B, H, n, D)
             if rows is not None:  # only the named rows' keys and values, up to the longest of them
                 kv = kv[:, rows]  # (2, R, H, n, D)
@@ -370,7 +389,7 @@ class NanoCodeGenAgent(nn.Module):
                 y = (weights * v).sum(-2, keepdim=True) / weights.sum(-2, keepdim=True)  # (R, H, 1, D)
             return y
 
-        return self._decode_layers(tokens, positions, write_index, attend, retry_steps)
+        return self._decode_layers(tokens, positions, write_index, attend, retry_steps, products=products)
 
     def forward_rows(
         self,
@@ -453,17 +472,18 @@ class NanoCodeGenAgent(nn.Module):
         last = torch.arange(P, device=tokens.device) * T + lengths - 1  # (P,) each prompt's last token
         return self._decode_layers(tokens.reshape(-1), positions, write_index, attend, steps, last)
 
-    def _decode_layers(self, tokens, positions, write_index, attend, retry_steps, last=None) -> torch.Tensor:
+    def _decode_layers(self, tokens, positions, write_index, attend, retry_steps, last=None, products=None):
         """The layers of a cached step over (B,) tokens, one position each; `attend(q, kv_buffer)` is the
-        attention over the cache. Returns the logits of every token, or of the tokens at `last` (R,)."""
+        attention over the cache. Returns the logits of every token, or of the tokens at `last` (R,).
+        `products`: the linear layers' dtype, default `decode_dtype` (see `decode_step`)."""
         cfg = self.config
         B, H, D, C = tokens.size(0), cfg.n_heads, cfg.head_dim, cfg.d_model
         x = F.embedding(tokens, self.token_embed.weight) + F.embedding(positions, self.pos_embed.weight)  # (B, C)
         if retry_steps is not None:  # as forward(): step 0 (a first attempt) adds nothing
             step_vectors = F.embedding(retry_steps.clamp(max=cfg.max_retry_steps - 1), self.feedback_embed.weight)
             x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
-        layer_weights, head_weight = self._packed  # (in, out) copies, see _pack_decode_weights
-        dt = self.decode_dtype  # of the products' inputs and outputs; the residual stream x stays fp32
+        dt = products or self.decode_dtype  # of the products; the residual stream x stays fp32
+        layer_weights, head_weight = self._packed[dt], self._packed_head  # (in, out), see _pack_decode_weights
 
         def linear(h: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
             weight, bias = weight_bias
