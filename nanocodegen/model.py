@@ -406,24 +406,30 @@ class NanoCodeGenAgent(nn.Module):
 
         A prompt (count > 1, a prefill) and a decode token (count 1) go through the same step: the
         linear layers run once over all N tokens, and each row attends to exactly its own cached
-        positions, one attention call per row. A single call over all rows would read every row's keys
-        up to the longest context, several times the keys needed when episodes sit at different
-        attempts; at these sizes reading the cache, not arithmetic, is what attention costs.
+        positions. With the attention kernel (attention_kernel.py) that is one call for all N tokens:
+        every token's keys and values are written before attention, so token i, at position pos[i],
+        attends to its row's keys 0 .. pos[i], its own prompt's earlier tokens among them. Without it, one
+        SDPA call per row: a single masked call over all rows would read every row's keys up to the
+        longest context, several times the keys needed when episodes sit at different attempts.
         `retry_steps[i]` is row i's retry step (models with retry conditioning).
         """
         device = tokens.device
         pos_list = [p for s, c in zip(starts, counts, strict=True) for p in range(s, s + c)]
         slot_list = [r for r, c in zip(rows, counts, strict=True) for _ in range(c)]
         pos = torch.tensor(pos_list, device=device)  # (N,)
-        write_index = (self._row_offsets[:, torch.tensor(slot_list, device=device)] + pos[:, None]).view(-1)
         steps = None
         if retry_steps is not None:
             steps = torch.tensor([k for k, c in zip(retry_steps, counts, strict=True) for _ in range(c)],
                                  device=device)
         ends = [sum(counts[: i + 1]) for i in range(len(counts))]
         H, D = self.config.n_heads, self.config.head_dim
+        slots = torch.tensor(slot_list, device=device)  # (N,) each token's cache row
+        write_index = (self._row_offsets[:, slots] + pos[:, None]).view(-1)
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
+            if self._attention_kernel:  # one call for every token of every row (see the docstring)
+                y = attention_kernel.decode_attention(q.view(-1, H, D), kv, slots, pos + 1, self._attn_scale)
+                return y.unsqueeze(2)  # (N, H, 1, D)
             out = []
             for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
                 k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)

@@ -138,3 +138,20 @@ def test_the_kernel_can_be_turned_off():
                          env={**__import__("os").environ, attention_kernel.DISABLE_VARIABLE: "0"})
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == f"False unavailable (turned off by {attention_kernel.DISABLE_VARIABLE}=0)"
+
+
+@torch.inference_mode()
+def test_packed_rows_through_the_kernel_equal_full_forwards_and_the_per_row_attention(kernel_model):
+    # row 2 resumes after a cached prefix of 5 with 7 tokens, row 0 decodes one token, row 1 starts from 0
+    seqs = prefilled(kernel_model, [9, 1, 5])
+    full = [kernel_model(s)[0][0] for s in seqs]  # (T, vocab) each
+    rows, starts, counts = [2, 0, 1], [5, 9, 0], [7, 1, 12]
+    tokens = torch.cat([seqs[r][0, s : s + c] for r, s, c in zip(rows, starts, counts, strict=True)])
+    saved = [b.attn.kv_cache.kv.clone() for b in kernel_model.layers]
+    logits = kernel_model.forward_rows(tokens, rows, starts, counts)  # (3, vocab): each row's last token
+    for i, (r, s, c) in enumerate(zip(rows, starts, counts, strict=True)):
+        assert torch.allclose(logits[i], full[r][s + c - 1], atol=1e-5)
+    for b, kv in zip(kernel_model.layers, saved, strict=True):
+        b.attn.kv_cache.kv.copy_(kv)
+    kernel_model._attention_kernel = False
+    assert torch.allclose(kernel_model.forward_rows(tokens, rows, starts, counts), logits, atol=1e-5)
