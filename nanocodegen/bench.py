@@ -29,7 +29,7 @@ import torch
 from rich.console import Console
 from rich.table import Table
 
-from nanocodegen import attention_kernel
+from nanocodegen import kernels
 from nanocodegen.agent import Agent
 from nanocodegen.batch import BatchedAgents, cache_rows
 from nanocodegen.checkpoint import checkpoint_sha256, default_checkpoint, load_checkpoint
@@ -245,7 +245,7 @@ def run_bench(
         "config": config,
         "provenance": {**provenance(dev), "seed": agent_config.seed, "checkpoint_sha256": ckpt_sha,
                        "checkpoint_config": ckpt_config,
-                       "attention_kernel": attention_kernel.status() if dev.type == "cpu" else f"unused on {dev.type}"},
+                       "cpu_kernels": kernels.status() if dev.type == "cpu" else f"unused on {dev.type}"},
         "episodes": [],
         "summary": {},
     }

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from nanocodegen import attention_kernel
+from nanocodegen import kernels
 
 # Measured on this CPU (bf16 cache, compiled step over 4-32 rows): below ~24 rows, fp32 products beat bf16
 # ones, whose oneDNN set-up (~20 us a product) outweighs their speed. The batched agents pick by this.
@@ -237,8 +237,8 @@ class NanoCodeGenAgent(nn.Module):
                              persistent=False)  # (2, B, n_heads)
         self.register_buffer("_cache_rows", torch.arange(batch_size, device=ref.device), persistent=False)  # (B,)
         self._attn_scale = 1.0 / math.sqrt(cfg.head_dim)
-        # The batched decode step's attention kernel, where it builds (CPU only; see attention_kernel.py).
-        self._attention_kernel = ref.device.type == "cpu" and attention_kernel.supports(cfg.head_dim)
+        # The batched decode step's attention kernel, where it builds (CPU only; see kernels.py).
+        self._attention_kernel = ref.device.type == "cpu" and kernels.supports(cfg.head_dim)
 
     def _pack_decode_weights(self) -> None:
         """(in, out) copies of the linear layers' weights for the cached steps, made again whenever a
@@ -256,6 +256,11 @@ class NanoCodeGenAgent(nn.Module):
                     packed = [(m.weight.t().contiguous().to(dtype), m.bias.to(dtype)) for m in linears]
                     self._packed[dtype] = [packed[i : i + 4] for i in range(0, len(packed), 4)]
                 self._packed_head = self.lm_head.weight.t().contiguous()
+            # The weights too big for the caches, read as they are, (out, in), by kernels.stream_linear in
+            # eager steps of one to four tokens (see _decode_layers); None where the (in, out) copy serves.
+            streamed = [(m.weight, m.bias) if kernels.streams(m.weight) else None for m in linears]
+            self._streamed = [streamed[i : i + 4] for i in range(0, len(streamed), 4)]
+            self._streamed_head = self.lm_head.weight if kernels.streams(self.lm_head.weight) else None
             self._packed_key = key
 
     def set_decode_dtype(self, dtype: torch.dtype) -> None:
@@ -369,9 +374,9 @@ class NanoCodeGenAgent(nn.Module):
             write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (R, H, 1, D) -> (R, H, 1, D)
-            if mask is not None and self._attention_kernel:  # each row over its own length, see attention_kernel
+            if mask is not None and self._attention_kernel:  # each row over its own length, see kernels.py
                 named = self._cache_rows if rows is None else rows
-                y = attention_kernel.decode_attention(q.view(R, H, D), kv, named, positions + 1, self._attn_scale)
+                y = kernels.decode_attention(q.view(R, H, D), kv, named, positions + 1, self._attn_scale)
                 return y.view(R, H, 1, D)
             kv = kv[:, :, :, :n]  # (2, B, H, n, D)
             if rows is not None:  # only the named rows' keys and values, up to the longest of them
@@ -406,7 +411,7 @@ class NanoCodeGenAgent(nn.Module):
 
         A prompt (count > 1, a prefill) and a decode token (count 1) go through the same step: the
         linear layers run once over all N tokens, and each row attends to exactly its own cached
-        positions. With the attention kernel (attention_kernel.py) that is one call for all N tokens:
+        positions. With the attention kernel (kernels.py) that is one call for all N tokens:
         every token's keys and values are written before attention, so token i, at position pos[i],
         attends to its row's keys 0 .. pos[i], its own prompt's earlier tokens among them. Without it, one
         SDPA call per row: a single masked call over all rows would read every row's keys up to the
@@ -428,7 +433,7 @@ class NanoCodeGenAgent(nn.Module):
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
             if self._attention_kernel:  # one call for every token of every row (see the docstring)
-                y = attention_kernel.decode_attention(q.view(-1, H, D), kv, slots, pos + 1, self._attn_scale)
+                y = kernels.decode_attention(q.view(-1, H, D), kv, slots, pos + 1, self._attn_scale)
                 return y.unsqueeze(2)  # (N, H, 1, D)
             out = []
             for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
@@ -490,23 +495,32 @@ class NanoCodeGenAgent(nn.Module):
             x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         dt = products or self.decode_dtype  # of the products; the residual stream x stays fp32
         layer_weights, head_weight = self._packed[dt], self._packed_head  # (in, out), see _pack_decode_weights
+        # An eager step of one to four tokens streams the weights too big for the caches through
+        # kernels.stream_linear (~1.4x MKL's read rate here); compiled steps keep inductor's products.
+        streaming = not torch.compiler.is_compiling() and dt == torch.float32 and B <= 4
+        layer_streams = self._streamed if streaming else [[None] * 4] * len(self.layers)
 
-        def linear(h: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        def linear(h: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor], streamed=None) -> torch.Tensor:
+            if streamed is not None:
+                return kernels.stream_linear(h, *streamed)
             weight, bias = weight_bias
             return torch.addmm(bias, h.to(dt), weight)
 
-        for block, (qkv_wb, proj_wb, fc_wb, out_wb) in zip(self.layers, layer_weights, strict=True):
+        for block, weights, streams in zip(self.layers, layer_weights, layer_streams, strict=True):
+            (qkv_wb, proj_wb, fc_wb, out_wb), (qkv_s, proj_s, fc_s, out_s) = weights, streams
             cache = block.attn.kv_cache
             h = F.layer_norm(x, (C,), block.ln_1.weight, block.ln_1.bias)
-            qkv = linear(h, qkv_wb).view(B, 3, H, D)
+            qkv = linear(h, qkv_wb, qkv_s).view(B, 3, H, D)
             cache.write_rows(write_index, qkv[:, 1:].transpose(0, 1))  # this token's keys and values
             y = attend(qkv[:, 0].unsqueeze(2).float(), cache.kv)  # (B, H, 1, D)
-            x = x + linear(y.reshape(B, C), proj_wb).float()
+            x = x + linear(y.reshape(B, C), proj_wb, proj_s).float()
             h = F.layer_norm(x, (C,), block.ln_2.weight, block.ln_2.bias)
-            x = x + linear(F.gelu(linear(h, fc_wb)), out_wb).float()
+            x = x + linear(F.gelu(linear(h, fc_wb, fc_s)), out_wb, out_s).float()
         if last is not None:
             x = x[last]  # (R, C)
         x = F.layer_norm(x, (C,), self.ln_f.weight, self.ln_f.bias)
+        if streaming and self._streamed_head is not None:
+            return kernels.stream_linear(x, self._streamed_head, None)  # (B or R, vocab)
         return x @ head_weight  # (B or R, vocab)
 
     def forward_with_timing(self, input_ids: torch.Tensor, max_retries: int = 5, new_tokens: int = 16) -> dict:

@@ -5,11 +5,11 @@ import sys
 import pytest
 import torch
 
-from nanocodegen import attention_kernel
+from nanocodegen import kernels
 from nanocodegen.generate import compile_decode, uncompile_decode
 from nanocodegen.model import ModelConfig, NanoCodeGenAgent
 
-pytestmark = pytest.mark.skipif(not attention_kernel.load(), reason=f"kernel: {attention_kernel.status()}")
+pytestmark = pytest.mark.skipif(not kernels.load(), reason=f"kernel: {kernels.status()}")
 
 
 def reference_attention(q, kv, rows, lengths, scale):
@@ -31,12 +31,12 @@ def test_kernel_equals_the_textbook_attention_over_each_rows_own_length(dtype, h
     lengths = torch.tensor([1, 40, 17, 33, 2])  # one key, and the whole row
     q = torch.randn(5, H, head_dim, generator=g)
     scale = 1 / math.sqrt(head_dim)
-    got = attention_kernel.decode_attention(q, kv, rows, lengths, scale)
+    got = kernels.decode_attention(q, kv, rows, lengths, scale)
     assert got.dtype == torch.float32 and got.shape == (5, H, head_dim)
     assert torch.allclose(got, reference_attention(q, kv, rows, lengths, scale), atol=1e-5)
     kv[:, 3] = float("nan")  # what lies outside the named rows and lengths is never read
     kv[:, 1, :, 2:] = float("nan")
-    assert torch.equal(attention_kernel.decode_attention(q, kv, rows, lengths, scale), got)
+    assert torch.equal(kernels.decode_attention(q, kv, rows, lengths, scale), got)
 
 
 @pytest.mark.parametrize("rows, lengths, message", [
@@ -46,15 +46,15 @@ def test_kernel_equals_the_textbook_attention_over_each_rows_own_length(dtype, h
 def test_kernel_refuses_indices_outside_the_cache(rows, lengths, message):
     kv, q = torch.zeros(2, 2, 1, 40, 32), torch.zeros(2, 1, 32)
     with pytest.raises(RuntimeError, match=message):
-        attention_kernel.decode_attention(q, kv, torch.tensor(rows), torch.tensor(lengths), 1.0)
+        kernels.decode_attention(q, kv, torch.tensor(rows), torch.tensor(lengths), 1.0)
 
 
 def test_kernel_takes_whole_vectors_of_head_dim_only():
     width = 16 if torch.backends.cpu.get_cpu_capability() == "AVX512" else 8
-    assert attention_kernel.supports(width) and attention_kernel.supports(2 * width)
-    assert not attention_kernel.supports(width + 1) and not attention_kernel.supports(17 * width)
+    assert kernels.supports(width) and kernels.supports(2 * width)
+    assert not kernels.supports(width + 1) and not kernels.supports(17 * width)
     with pytest.raises(RuntimeError, match="head_dim must be a multiple"):
-        attention_kernel.decode_attention(torch.zeros(1, 1, width + 1), torch.zeros(2, 1, 1, 4, width + 1),
+        kernels.decode_attention(torch.zeros(1, 1, width + 1), torch.zeros(2, 1, 1, 4, width + 1),
                                           torch.tensor([0]), torch.tensor([1]), 1.0)
 
 
@@ -120,11 +120,11 @@ def test_compiled_decode_step_calls_the_kernel_and_equals_eager(kernel_model, dt
 
 def test_a_kernel_that_cannot_be_built_warns_once_and_the_model_falls_back(monkeypatch, kernel_model):
     # a scripted stand-in for a failed build (no compiler): the reason _build would return
-    monkeypatch.setattr(attention_kernel, "_build", lambda: "CalledProcessError: g++: not found")
-    attention_kernel._warn_once.cache_clear()
+    monkeypatch.setattr(kernels, "_build", lambda: "CalledProcessError: g++: not found")
+    kernels._warn_once.cache_clear()
     with pytest.warns(RuntimeWarning, match="pip install ninja"):
-        assert not attention_kernel.load()
-    assert attention_kernel.status().startswith("unavailable (CalledProcessError")
+        assert not kernels.load()
+    assert kernels.status().startswith("unavailable (CalledProcessError")
     kernel_model.setup_kv_cache(2)
     assert not kernel_model._attention_kernel
     out = kernel_model.decode_step(torch.tensor([1, 2]), torch.tensor([0, 0]), 1, rows=torch.tensor([1, 0]))
@@ -132,12 +132,12 @@ def test_a_kernel_that_cannot_be_built_warns_once_and_the_model_falls_back(monke
 
 
 def test_the_kernel_can_be_turned_off():
-    code = ("from nanocodegen import attention_kernel as k; import warnings; warnings.simplefilter('error'); "
+    code = ("from nanocodegen import kernels as k; import warnings; warnings.simplefilter('error'); "
             "print(k.load(), k.status())")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
-                         env={**__import__("os").environ, attention_kernel.DISABLE_VARIABLE: "0"})
+                         env={**__import__("os").environ, kernels.DISABLE_VARIABLE: "0"})
     assert run.returncode == 0, run.stderr
-    assert run.stdout.strip() == f"False unavailable (turned off by {attention_kernel.DISABLE_VARIABLE}=0)"
+    assert run.stdout.strip() == f"False unavailable (turned off by {kernels.DISABLE_VARIABLE}=0)"
 
 
 @torch.inference_mode()
@@ -155,3 +155,45 @@ def test_packed_rows_through_the_kernel_equal_full_forwards_and_the_per_row_atte
         b.attn.kv_cache.kv.copy_(kv)
     kernel_model._attention_kernel = False
     assert torch.allclose(kernel_model.forward_rows(tokens, rows, starts, counts), logits, atol=1e-5)
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_stream_linear_equals_addmm(rows, with_bias):
+    g = torch.Generator().manual_seed(rows)
+    x, weight = torch.randn(rows, 256, generator=g), torch.randn(300, 256, generator=g)
+    bias = torch.randn(300, generator=g)
+    got = kernels.stream_linear(x, weight, bias if with_bias else None)
+    want = x @ weight.t() + (bias if with_bias else 0)
+    assert got.shape == (rows, 300) and torch.allclose(got, want, atol=1e-4)
+
+
+def test_stream_linear_refuses_what_it_does_not_serve():
+    with pytest.raises(RuntimeError, match="1 <= R <= 4"):
+        kernels.stream_linear(torch.zeros(5, 256), torch.zeros(8, 256), None)
+    with pytest.raises(RuntimeError, match="in must be a multiple"):
+        kernels.stream_linear(torch.zeros(1, 200), torch.zeros(8, 200), None)
+    assert kernels.streams(torch.zeros(1024, 256)) and not kernels.streams(torch.zeros(1023, 256))  # 1 MiB
+    assert not kernels.streams(torch.zeros(1024, 256, dtype=torch.bfloat16))
+
+
+@pytest.fixture
+def big_model() -> NanoCodeGenAgent:
+    """d_model 512: every linear layer's weight is 1 MiB or more."""
+    torch.manual_seed(0)
+    config = ModelConfig(vocab_size=97, d_model=512, n_heads=4, n_layers=1, max_seq_len=32, retry_conditioning=False)
+    return NanoCodeGenAgent.from_config(config).eval()
+
+
+@torch.inference_mode()
+def test_batch_one_decode_streams_big_weights_and_equals_the_full_forward(big_model):
+    model = big_model
+    seq = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(1))
+    full = model(seq)[0][0]  # (T, vocab)
+    model.setup_kv_cache(1)
+    model(seq[:, :11], start_pos=0, cache_row=0)
+    with torch.profiler.profile() as profile:
+        logits = model.decode_step(seq[0, 11:], torch.tensor([11]), 12)
+    assert torch.allclose(logits[0], full[11], atol=1e-4)
+    calls = [e for e in profile.events() if e.name == "nanocodegen::stream_linear"]
+    assert len(calls) == 4  # qkv, proj, fc, out; the LM head (97 x 512) is too small to stream
