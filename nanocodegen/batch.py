@@ -306,6 +306,11 @@ class BatchedAgents:
                 self.stats.decoding_rows += len(decoding)
                 self.stats.decoded_tokens += len(decoding)
             return
+        if starting and self.model._attention_kernel:  # every prompt in one compiled packed step
+            for slot, token in zip(starting, self._pick(self._packed_logits(starting, [], True), starting),
+                                   strict=True):
+                self._started(slot, token, t0, pool)
+            starting = []
         fresh, resumed = [], []  # prompts from position 0 (first attempts; every attempt without prefix reuse)
         for slot in starting:
             (resumed if self._reusable(slot) else fresh).append(slot)
@@ -340,10 +345,11 @@ class BatchedAgents:
         retry = as_tensor(steps) if self.retry_conditioned else None
         return self.model.prefill_padded(ids, as_tensor(rows), as_tensor(lengths), retry)[: len(starting)]
 
-    def _packed_logits(self, starting: list[_Slot], decoding: list[_Slot]) -> torch.Tensor:
+    def _packed_logits(self, starting: list[_Slot], decoding: list[_Slot], pad_lone: bool = False) -> torch.Tensor:
         """(rows, vocab) logits from one packed forward (`forward_rows`): the prompt of each attempt
         starting (after the prefix its row holds) and the last token of each attempt decoding; each row
-        reads and writes only its own cache row."""
+        reads and writes only its own cache row. `pad_lone`: a lone row gets a one-token companion on the
+        cache's scratch row, so that one compiled graph serves every call (compiled, as for decode)."""
         ids, starts, counts = [], [], []
         for slot in starting:
             cached, todo = self._begin(slot)
@@ -356,8 +362,13 @@ class BatchedAgents:
             counts.append(1)
         rows = starting + decoding
         steps = [s.attempt - 1 for s in rows] if self.retry_conditioned else None
-        return self.model.forward_rows(torch.tensor(ids, device=self.device), [s.row for s in rows], starts,
-                                       counts, steps)
+        cache_rows = [s.row for s in rows]
+        if pad_lone and len(rows) == 1:
+            ids, cache_rows, starts, counts = ids + [0], cache_rows + [self.model.cache_batch_size - 1], \
+                starts + [0], counts + [1]
+            steps = None if steps is None else steps + [0]
+        logits = self.model.forward_rows(torch.tensor(ids, device=self.device), cache_rows, starts, counts, steps)
+        return logits[: len(rows)]
 
     def _decode(self, decoding: list[_Slot], compiled: CompiledDecode, pool: ThreadPoolExecutor) -> None:
         """The next tokens of the attempts decoding, in one compiled call over the cache rows: a greedy

@@ -293,7 +293,7 @@ def run_bench(
 
         def record_episode(index: int, episode) -> None:
             nonlocal solved, last_write
-            record = asdict(episode)
+            record = episode.as_dict()
             record["suite"] = tasks[index][0]
             records[index] = record
             episodes_path.write(json.dumps(record) + "\n")

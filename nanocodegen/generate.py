@@ -142,6 +142,7 @@ def compile_decode(model: NanoCodeGenAgent, chunk: int = DECODE_CHUNK) -> NanoCo
     options = {"dynamic": True, "fullgraph": True, "options": {"cpp_wrapper": True}}
     model.decode_step = torch.compile(model.decode_step, **options)
     model.prefill_padded = torch.compile(model.prefill_padded, **options)
+    model.packed_step = torch.compile(model.packed_step, **options)
     greedy = functools.partial(decode_greedy, model, steps=chunk)
     model.compiled_decode = CompiledDecode(chunk, torch.compile(greedy, **options))
     return model
@@ -151,6 +152,7 @@ def uncompile_decode(model: NanoCodeGenAgent) -> NanoCodeGenAgent:
     """Back to the eager decode step (the model as loaded)."""
     model.__dict__.pop("decode_step", None)
     model.__dict__.pop("prefill_padded", None)
+    model.__dict__.pop("packed_step", None)
     model.__dict__.pop("compiled_decode", None)
     return model
 
@@ -187,6 +189,8 @@ def warm_up_decode(model: NanoCodeGenAgent, cache_rows: int = 1) -> float:
         # two padded prompts (`BatchedAgents` pads a lone one with the scratch row, as for decode)
         model.prefill_padded(tensor([[1, 2, 3], [4, 5, 6]]), rows, tensor([3, 2]),
                              None if steps is None else tensor([0, 1]))
+        if model._attention_kernel:  # two packed prompts, one after a cached prefix
+            model.forward_rows(tensor([1, 2, 3, 4, 5]), [0, 1], [0, 4], [3, 2], None if steps is None else [0, 1])
     return time.perf_counter() - t0
 
 

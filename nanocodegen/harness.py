@@ -214,7 +214,7 @@ class AgentSUT:
         response, _buf = _response(sample.id, response_payload(task, record), record.total_new_tokens)
         lg.QuerySamplesComplete([response])
         self._first_reported.discard(sample.id)
-        line = {"sample_index": sample.index, "query_id": sample.id, **asdict(record), "suite": suite}
+        line = {"sample_index": sample.index, "query_id": sample.id, **record.as_dict(), "suite": suite}
         self.records.append(line)
         self._out.write(json.dumps(line) + "\n")
         self._out.flush()

@@ -101,8 +101,8 @@ class KVCache(nn.Module):
 
     def bytes_used(self, length: int) -> int:
         """Bytes holding the first `length` positions' keys and values of one sequence."""
-        two, _, h, _, d = self.kv.shape
-        return two * h * length * d * self.kv.element_size()
+        two, _, h, _, d = self.shape  # (not self.kv: a view per call, ~0.1 ms a record in a batched run)
+        return two * h * length * d * self.flat.element_size()
 
 
 class CausalSelfAttention(nn.Module):
@@ -427,14 +427,14 @@ class NanoCodeGenAgent(nn.Module):
             steps = torch.tensor([k for k, c in zip(retry_steps, counts, strict=True) for _ in range(c)],
                                  device=device)
         ends = [sum(counts[: i + 1]) for i in range(len(counts))]
-        H, D = self.config.n_heads, self.config.head_dim
+        last = torch.tensor([end - 1 for end in ends], device=device)
         slots = torch.tensor(slot_list, device=device)  # (N,) each token's cache row
+        if self._attention_kernel:
+            return self.packed_step(tokens, pos, slots, last, steps)
+        H, D = self.config.n_heads, self.config.head_dim
         write_index = (self._row_offsets[:, slots] + pos[:, None]).view(-1)
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
-            if self._attention_kernel:  # one call for every token of every row (see the docstring)
-                y = kernels.decode_attention(q.view(-1, H, D), kv, slots, pos + 1, self._attn_scale)
-                return y.unsqueeze(2)  # (N, H, 1, D)
             out = []
             for r, s, c, end in zip(rows, starts, counts, ends, strict=True):
                 k, v = kv[0, r : r + 1, :, : s + c], kv[1, r : r + 1, :, : s + c]  # (1, H, s + c, D)
@@ -447,8 +447,28 @@ class NanoCodeGenAgent(nn.Module):
                     out.append(y[0].transpose(0, 1).unsqueeze(2))  # (c, H, 1, D)
             return torch.cat(out) if len(out) > 1 else out[0]
 
-        last = torch.tensor([end - 1 for end in ends], device=device)
         return self._decode_layers(tokens, pos, write_index, attend, steps, last)
+
+    def packed_step(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        slots: torch.Tensor,
+        last: torch.Tensor,
+        retry_steps: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """`forward_rows` with the attention kernel, as tensors: (N,) tokens at (N,) positions of (N,) cache
+        rows -> (R, vocab) logits of the tokens at `last` (R,). Every token's keys and values are written
+        first, then one kernel call attends each token to its row's keys 0 .. its position. A fixed
+        sequence of tensor ops, so that `compile_decode` compiles it (the batched agents' prompts)."""
+        H, D = self.config.n_heads, self.config.head_dim
+        write_index = (self._row_offsets[:, slots] + positions[:, None]).view(-1)  # (2 * N * H,)
+
+        def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (N, H, 1, D) -> (N, H, 1, D)
+            y = kernels.decode_attention(q.view(-1, H, D), kv, slots, positions + 1, self._attn_scale)
+            return y.unsqueeze(2)
+
+        return self._decode_layers(tokens, positions, write_index, attend, retry_steps, last)
 
     def prefill_padded(
         self,

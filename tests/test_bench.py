@@ -80,3 +80,16 @@ def test_repeat_runs_fresh_processes_and_reports_the_cv(tmp_path):
     pids = {read(tmp_path / f"run-{k}" / "results.json")["id"] for k in (1, 2)}
     assert pids == {"run-1", "run-2"}
     assert "CV" in proc.stderr
+
+
+def test_episode_records_turn_into_the_same_dicts_as_asdict():
+    from dataclasses import asdict
+
+    from nanocodegen.records import AttemptRecord, EpisodeRecord
+
+    attempt = AttemptRecord(1, 20, 12, 20, 0, 1.5, 3.0, 1.7, 0.9, "wrong_output", 4096, "print(1)", "1", "expected 2")
+    episode = EpisodeRecord("t1", "say 2", "2", False, [attempt, attempt], None, 40, 24, 9.5, "synthetic", "sum", 1)
+    as_dict = episode.as_dict()
+    assert as_dict == asdict(episode)
+    as_dict["attempts"][0]["code"] = "changed"  # a copy: the record is untouched
+    assert episode.attempts[0].code == "print(1)"
