@@ -39,7 +39,7 @@ _CAPABILITY_FLAGS = {
 
 @functools.cache
 def _build() -> str | None:
-    """Build and load the kernel; None on success, else the reason it is unavailable."""
+    """Build and load the kernels; None on success, else the reason they are unavailable."""
     if os.environ.get(DISABLE_VARIABLE, "1") == "0":
         return f"turned off by {DISABLE_VARIABLE}=0"
     from torch.utils import cpp_extension
@@ -61,7 +61,7 @@ def _build() -> str | None:
             is_python_module=False,
             verbose=False,
         )
-    except Exception as error:  # no compiler, no ninja, a failed build: the tensor-op attention serves
+    except Exception as error:  # no compiler, no ninja, a failed build: the tensor ops serve
         lines = str(error).strip().splitlines()
         return f"{type(error).__name__}: {lines[-1] if lines else ''}"
     # What torch.compile traces the ops with: their outputs' shapes
