@@ -13,10 +13,11 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
      chunked prefill does). Each row samples its next token; an attempt that ends (stop token or token
      budget) hands its program to a verifier thread and keeps its row while it waits.
      With `compile_decode` (`bench --batch N --compile`) the step splits in two: the prompts starting go
-     through one compiled padded prefill (`prefill_padded`; those after a cached prefix through that
-     packed forward), then every attempt decoding takes its next tokens from one compiled
-     call over their cache rows (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when
-     every attempt has room for them, else one). The cache has one scratch row beyond the N slots, which
+     through one compiled packed step (`packed_step`, with the attention kernel; without it a compiled
+     padded prefill, `prefill_padded`, and that packed forward for prompts after a cached prefix), then
+     every attempt decoding takes its next tokens from one compiled call over their cache rows
+     (`decode_step` on named rows; a greedy chunk of `DECODE_CHUNK` tokens when every attempt has room
+     for them, else one). The cache has one scratch row beyond the N slots, which
      pads a lone decoding row to two so that one compiled graph serves every step.
 Verification runs in threads (the sandbox does the work in other processes), so checking one episode's
 program overlaps the generation of the others.
@@ -284,9 +285,10 @@ class BatchedAgents:
         """One scheduler step: the prompts of the attempts starting and the next tokens of those decoding.
 
         Eagerly (and without a cache), one packed forward computes both, each row attending to exactly
-        its own keys. With `compile_decode`, the prompts go first: those from position 0 right-padded
-        through one compiled call per group of similar lengths (`_padded_logits`), those after a cached
-        prefix through that packed forward; then every attempt decoding (those just started included)
+        its own keys. With `compile_decode`, the prompts go first: with the attention kernel all in one
+        compiled packed step (`packed_step`); without it, those from position 0 right-padded through one
+        compiled call per group of similar lengths (`_padded_logits`), those after a cached prefix through
+        that packed forward; then every attempt decoding (those just started included)
         takes a greedy chunk, or one token, from one compiled call over their cache rows (`_decode`)."""
         t0 = time.perf_counter()
         compiled = getattr(self.model, "compiled_decode", None)
@@ -306,20 +308,19 @@ class BatchedAgents:
                 self.stats.decoding_rows += len(decoding)
                 self.stats.decoded_tokens += len(decoding)
             return
-        if starting and self.model._attention_kernel:  # every prompt in one compiled packed step
-            for slot, token in zip(starting, self._pick(self._packed_logits(starting, [], True), starting),
-                                   strict=True):
-                self._started(slot, token, t0, pool)
-            starting = []
         fresh, resumed = [], []  # prompts from position 0 (first attempts; every attempt without prefix reuse)
-        for slot in starting:
-            (resumed if self._reusable(slot) else fresh).append(slot)
+        if self.model._attention_kernel:  # every prompt in one compiled packed step (see packed_step)
+            resumed = starting
+        else:
+            for slot in starting:
+                (resumed if self._reusable(slot) else fresh).append(slot)
         for group in padding_groups([len(s.context) for s in fresh]):
             slots = [fresh[i] for i in group]
             for slot, token in zip(slots, self._pick(self._padded_logits(slots), slots), strict=True):
                 self._started(slot, token, t0, pool)
         if resumed:
-            for slot, token in zip(resumed, self._pick(self._packed_logits(resumed, []), resumed), strict=True):
+            logits = self._packed_logits(resumed, [], pad_lone=True)
+            for slot, token in zip(resumed, self._pick(logits, resumed), strict=True):
                 self._started(slot, token, t0, pool)
         decoding = [s for s in decoding + starting if s.state == DECODING]
         if decoding:

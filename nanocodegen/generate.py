@@ -186,11 +186,13 @@ def warm_up_decode(model: NanoCodeGenAgent, cache_rows: int = 1) -> float:
         for dtype in products:
             compiled.greedy(*args, retry_steps=steps, rows=rows, products=dtype)
             model.decode_step(*args, steps, rows, dtype)
-        # two padded prompts (`BatchedAgents` pads a lone one with the scratch row, as for decode)
-        model.prefill_padded(tensor([[1, 2, 3], [4, 5, 6]]), rows, tensor([3, 2]),
-                             None if steps is None else tensor([0, 1]))
-        if model._attention_kernel:  # two packed prompts, one after a cached prefix
+        # Two prompts (`BatchedAgents` pads a lone one with the scratch row, as for decode): packed, one after
+        # a cached prefix, with the attention kernel (packed_step); else right-padded (prefill_padded)
+        if model._attention_kernel:
             model.forward_rows(tensor([1, 2, 3, 4, 5]), [0, 1], [0, 4], [3, 2], None if steps is None else [0, 1])
+        else:
+            model.prefill_padded(tensor([[1, 2, 3], [4, 5, 6]]), rows, tensor([3, 2]),
+                                 None if steps is None else tensor([0, 1]))
     return time.perf_counter() - t0
 
 

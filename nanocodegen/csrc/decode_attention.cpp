@@ -14,7 +14,6 @@
 #include <ATen/cpu/vec/vec.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <cmath>
 #include <limits>
 #include <vector>
