@@ -288,6 +288,9 @@ def bench_model(name: str, model, tok, args, console: Console, prompts: list[lis
     out["floor"] = decode_floor(model, len(prompts[0]) + n // 2, read) | {"bandwidth_around_decode": bandwidth}
     out["floor"]["ours_share_of_floor"] = decode["ours"]["wall_tok_s"] / out["floor"]["floor_tok_s"]
     out["floor"]["hf_share_of_floor"] = decode["hf"]["wall_tok_s"] / out["floor"]["floor_tok_s"]
+    if "ours_compiled" in decode:
+        compiled_rate = decode["ours_compiled"]["wall_tok_s"]
+        out["floor"]["ours_compiled_share_of_floor"] = compiled_rate / out["floor"]["floor_tok_s"]
     return out
 
 
@@ -315,8 +318,9 @@ def print_tables(console: Console, results: dict) -> None:
         console.print(
             f"  floor: {f['bytes_per_token'] / 2**20:.2f} MiB read per token (weights {f['weight_bytes'] / 2**20:.2f} "
             f"MiB + KV at {f['context']} tokens) / {f['bandwidth_bytes_s'] / 2**30:.1f} GiB/s read = "
-            f"{f['floor_tok_s']:,.0f} tok/s; ours reaches {f['ours_share_of_floor']:.0%} of it, hf "
-            f"{f['hf_share_of_floor']:.0%}; "
+            f"{f['floor_tok_s']:,.0f} tok/s; ours reaches {f['ours_share_of_floor']:.0%} of it"
+            + (f" ({f['ours_compiled_share_of_floor']:.0%} compiled)" if "ours_compiled_share_of_floor" in f else "")
+            + f", hf {f['hf_share_of_floor']:.0%}; "
             f"same greedy tokens as HF: {r['same_greedy_tokens_as_hf']}"
         )
     e = results.get("episodes")

@@ -260,7 +260,10 @@ class NanoCodeGenAgent(nn.Module):
             # eager steps of one to four tokens (see _decode_layers); None where the (in, out) copy serves.
             streamed = [(m.weight, m.bias) if kernels.streams(m.weight) else None for m in linears]
             self._streamed = [streamed[i : i + 4] for i in range(0, len(streamed), 4)]
-            self._streamed_head = self.lm_head.weight if kernels.streams(self.lm_head.weight) else None
+            # (detached: a Parameter set as an attribute would register as one, and join the state dict)
+            head = self.lm_head.weight.detach()
+            self._streamed_head = head if kernels.streams(head) else None
+            self._any_streamed = self._streamed_head is not None or any(s is not None for s in streamed)
             self._packed_key = key
 
     def set_decode_dtype(self, dtype: torch.dtype) -> None:
@@ -374,7 +377,9 @@ class NanoCodeGenAgent(nn.Module):
             write_index = (self._row_offsets + positions[:, None]).view(-1)  # (2 * B * H,) flat positions
 
         def attend(q: torch.Tensor, kv: torch.Tensor) -> torch.Tensor:  # (R, H, 1, D) -> (R, H, 1, D)
-            if mask is not None and self._attention_kernel:  # each row over its own length, see kernels.py
+            # Each row over its own length, see kernels.py; eagerly also a lone sequence (no mask), where
+            # SDPA's set-up costs ~40 us a layer once the weights' stream has evicted it from the caches.
+            if self._attention_kernel and (mask is not None or not torch.compiler.is_compiling()):
                 named = self._cache_rows if rows is None else rows
                 y = kernels.decode_attention(q.view(R, H, D), kv, named, positions + 1, self._attn_scale)
                 return y.view(R, H, 1, D)
@@ -515,9 +520,11 @@ class NanoCodeGenAgent(nn.Module):
             x = x + step_vectors * (retry_steps > 0).unsqueeze(1)
         dt = products or self.decode_dtype  # of the products; the residual stream x stays fp32
         layer_weights, head_weight = self._packed[dt], self._packed_head  # (in, out), see _pack_decode_weights
-        # An eager step of one to four tokens streams the weights too big for the caches through
-        # kernels.stream_linear (~1.4x MKL's read rate here); compiled steps keep inductor's products.
-        streaming = not torch.compiler.is_compiling() and dt == torch.float32 and B <= 4
+        # A step of one to four tokens streams the weights too big for the caches through
+        # kernels.stream_linear (~1.7x MKL's read rate here), compiled (an opaque op in the graph) or not.
+        # Asked only where some weight streams, so that a compiled step over many rows of a small model
+        # gets no guard on its row count.
+        streaming = self._any_streamed and dt == torch.float32 and B <= 4
         layer_streams = self._streamed if streaming else [[None] * 4] * len(self.layers)
 
         def linear(h: torch.Tensor, weight_bias: tuple[torch.Tensor, torch.Tensor], streamed=None) -> torch.Tensor:

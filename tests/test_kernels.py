@@ -157,7 +157,7 @@ def test_packed_rows_through_the_kernel_equal_full_forwards_and_the_per_row_atte
     assert torch.allclose(kernel_model.forward_rows(tokens, rows, starts, counts), logits, atol=1e-5)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 4])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4])  # one compiled loop per token count
 @pytest.mark.parametrize("with_bias", [True, False])
 def test_stream_linear_equals_addmm(rows, with_bias):
     g = torch.Generator().manual_seed(rows)
@@ -197,3 +197,39 @@ def test_batch_one_decode_streams_big_weights_and_equals_the_full_forward(big_mo
     assert torch.allclose(logits[0], full[11], atol=1e-4)
     calls = [e for e in profile.events() if e.name == "nanocodegen::stream_linear"]
     assert len(calls) == 4  # qkv, proj, fc, out; the LM head (97 x 512) is too small to stream
+    # a lone sequence attends through the kernel too (eagerly), not SDPA
+    assert [e.name for e in profile.events()].count("nanocodegen::decode_attention") == 1
+
+
+@torch.inference_mode()
+def test_compiled_batch_one_decode_streams_big_weights_and_equals_eager(big_model):
+    model = big_model
+    seq = torch.randint(0, 97, (1, 12), generator=torch.Generator().manual_seed(2))
+    model.setup_kv_cache(1)
+    model(seq[:, :11], start_pos=0, cache_row=0)
+    saved = model.layers[0].attn.kv_cache.kv.clone()
+    eager = model.decode_step(seq[0, 11:], torch.tensor([11]), 12)
+    compile_decode(model)
+    try:
+        model.layers[0].attn.kv_cache.kv.copy_(saved)
+        model.decode_step(seq[0, 11:], torch.tensor([11]), 12)  # compiles
+        model.layers[0].attn.kv_cache.kv.copy_(saved)
+        with torch.profiler.profile() as profile:
+            compiled = model.decode_step(seq[0, 11:], torch.tensor([11]), 12)
+        assert torch.allclose(compiled, eager, atol=1e-4)
+        calls = [e for e in profile.events() if e.name == "nanocodegen::stream_linear"]
+        assert len(calls) == 4  # an opaque op in the compiled graph
+    finally:
+        uncompile_decode(model)
+        torch._dynamo.reset()  # its graphs would count towards later tests' recompile limit
+
+
+def test_a_streamed_lm_head_stays_out_of_the_state_dict():
+    # the head is 1024 x 512 fp32 (2 MiB): streamed; its reference must not register as a parameter
+    config = ModelConfig(vocab_size=1024, d_model=512, n_heads=4, n_layers=1, max_seq_len=16, retry_conditioning=False)
+    model = NanoCodeGenAgent.from_config(config).eval()
+    keys = set(model.state_dict())
+    model.setup_kv_cache(1)
+    assert model._streamed_head is not None
+    assert set(model.state_dict()) == keys
+    NanoCodeGenAgent.from_config(config).load_state_dict(model.state_dict())  # strict: no unexpected keys
