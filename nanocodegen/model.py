@@ -257,7 +257,8 @@ class NanoCodeGenAgent(nn.Module):
                     self._packed[dtype] = [packed[i : i + 4] for i in range(0, len(packed), 4)]
                 self._packed_head = self.lm_head.weight.t().contiguous()
             # The weights too big for the caches, read as they are, (out, in), by kernels.stream_linear in
-            # eager steps of one to four tokens (see _decode_layers); None where the (in, out) copy serves.
+            # steps of one to four tokens, eager or compiled (see _decode_layers); None where the (in, out)
+            # copy serves.
             streamed = [(m.weight, m.bias) if kernels.streams(m.weight) else None for m in linears]
             self._streamed = [streamed[i : i + 4] for i in range(0, len(streamed), 4)]
             # (detached: a Parameter set as an attribute would register as one, and join the state dict)
