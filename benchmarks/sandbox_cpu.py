@@ -1,4 +1,4 @@
-"""Where the CPU of a HumanEval check goes: the caller, the sandbox servers, their zygotes, the children.
+"""Where the CPU of a HumanEval check goes: the caller, the sandbox servers, their zygotes and checkers, the runs.
 
     python benchmarks/sandbox_cpu.py                       # 5 passes over the 164 canonical solutions, 1 worker
     python benchmarks/sandbox_cpu.py --workers 2 --passes 10 --json out.json
@@ -7,8 +7,10 @@ From a process that has torch loaded (as the agent's does), it runs the 164 cano
 CodeVerifier.verify_tests from `workers` threads, `passes` times, and reads the kernel's accounting
 (/proc/PID/stat: user and system CPU time, minor page faults) of each process before and after: the
 caller (this process, all its threads), each server, each server's zygote (its long-lived child that
-stays in its process group), and the children (reaped by the servers, so counted in the servers'
-cumulative child times). The programs' own CPU time (exec and tests, as the children measure it) is
+stays in its process group), each server's checker (the long-lived child that parses, lints and
+compiles every program; found by its process name), and the runs' children (reaped by the servers, so
+counted in the servers' cumulative child times, as is a checker replaced during the passes). The
+programs' own CPU time (exec and tests, as the children measure it) is
 reported separately: it is the part no sandbox design can remove. Per-check figures are the totals
 divided by the number of checks. Page faults matter because each copy-on-write fault after a fork
 costs ~2 us on the project's VM. Nothing else should run; the load average is printed.
@@ -60,6 +62,21 @@ def zygotes(server: int) -> list[int]:
     return [min(in_group)[1]] if in_group else []
 
 
+def checkers(server: int) -> list[int]:
+    """The server's checker (sandbox_checker.py), found by its process name."""
+    with open(f"/proc/{server}/task/{server}/children") as f:
+        pids = [int(p) for p in f.read().split()]
+    found = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/comm") as f:
+                if f.read().strip() == "ncg-checker":
+                    found.append(pid)
+        except (ProcessLookupError, FileNotFoundError):
+            pass  # a run that ended meanwhile
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workers", type=int, default=1, help="sandbox servers, and threads calling them")
@@ -74,6 +91,7 @@ def main(argv: list[str] | None = None) -> None:
         assert all(v.ok for v in pool.map(check, programs))  # every server up, preloaded and warm
         servers = verifier.sandbox.server_pids()
         roles = {pid: "server" for pid in servers} | {z: "zygote" for s in servers for z in zygotes(s)}
+        roles |= {c: "checker" for s in servers for c in checkers(s)}
         load = os.getloadavg()[0]
         before = {pid: proc_stat(pid) for pid in roles}
         caller_before, t0 = os.times(), time.perf_counter()
@@ -88,7 +106,7 @@ def main(argv: list[str] | None = None) -> None:
     per_check = lambda seconds: seconds * 1000 / n  # noqa: E731 - ms per check
     rows = {"caller (torch process)": (per_check(caller_after.user - caller_before.user),
                                        per_check(caller_after.system - caller_before.system), 0.0)}  # fmt: skip
-    totals = {"server": [0.0, 0.0, 0.0], "zygote": [0.0, 0.0, 0.0], "children": [0.0, 0.0, 0.0]}
+    totals = {role: [0.0, 0.0, 0.0] for role in ("server", "zygote", "checker", "children")}
     for pid, role in roles.items():
         a, b = before[pid], after[pid]
         for i, key in enumerate(("user", "sys", "faults")):

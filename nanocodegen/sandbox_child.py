@@ -1,19 +1,18 @@
-"""What runs inside a sandbox child: set-up, the job (lint, compile, run, tests), its report; the outcomes.
+"""What runs inside a sandbox child: set-up, the job (run, tests), its report; the outcomes.
 
 The sandbox server (sandbox_server.py) forks a child per program; the child runs `child_main` and never
 returns. Standard library only, like the server. The feedback texts built here and in the server are
 shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
 
-A job (marshal, on the go pipe) is {"code": str, "policy": "task" | "tests" | "" (no lint),
-"check_only": bool (parse, lint and compile, do not run), "test": the marshalled code object of the
-test code, compiled by the client, or None, "entry_point": str}.
-With a test, the program is run, then the test code in the same namespace, then
-`check(<entry_point>)`, as HumanEval's harness does.
+The program arrives compiled: the checker (sandbox_checker.py, a long-lived child set up the same way)
+parsed, linted and compiled it. A job (marshal, on the go pipe) is {"program": the marshalled code
+object of the program, "test": the marshalled code object of the test code, compiled by the client, or
+None, "entry_point": str}. With a test, the program is run, then the test code in the same namespace,
+then `check(<entry_point>)`, as HumanEval's harness does.
 """
 
 from __future__ import annotations
 
-import _ast
 import builtins
 import marshal
 import os
@@ -24,10 +23,9 @@ import sys
 import time
 
 if __package__:  # nanocodegen.sandbox_child, imported by the client side for the texts and statuses
-    from nanocodegen import sandbox_lint, sandbox_os
+    from nanocodegen import sandbox_os
     from nanocodegen.sandbox_lint import with_line
 else:  # imported by the server script, which has put this directory on sys.path for the moment
-    import sandbox_lint
     import sandbox_os
     from sandbox_lint import with_line
 
@@ -158,16 +156,17 @@ def exception_text(e: BaseException, run_dir: str) -> str:
 # --- the child: set up, wait for the program, run it, report, exit ------------------------------------------
 
 
-def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int, warm: bool):
+def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int, warm: bool, serve=None):
     """Body of a forked child; never returns. fds = (ready pipe, go pipe, stdout, stderr, result pipe);
-    `warm`: run warm_up() during the set-up."""
+    `warm`: run warm_up() during the set-up; `serve`: instead of one job, run this once set up (the
+    checker's loop, sandbox_checker.serve_checks)."""
     try:
         try:
-            _set_up_child(fds, run_dir, ruleset, limits, server)
+            set_up_child(fds, run_dir, ruleset, limits, server)
             os.write(READY_FD, b"R")
         except BaseException as e:
             # Tell the server why (it raises this to the client), then die: a half-set-up child must not run.
-            for fd in (READY_FD, fds[0]):  # after or before the dup2 in _set_up_child
+            for fd in (READY_FD, fds[0]):  # after or before the dup2 in set_up_child
                 try:
                     os.write(fd, f"E{type(e).__name__}: {e}".encode())
                     break
@@ -175,6 +174,9 @@ def child_main(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, s
                     continue
             raise
         os.close(READY_FD)
+        if serve is not None:
+            serve()
+            os._exit(0)
         if warm:
             warm_up(stop_fd=GO_FD)  # confined already, like the program it prepares for
         (n,) = LEN.unpack(sandbox_os.read_exact(GO_FD, LEN.size))
@@ -198,7 +200,7 @@ def seal_imports() -> None:
     _imports_sealed = True
 
 
-def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
+def set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict, server: int):
     # What is the same for every child (no core dumps, SIGXFSZ, UTF-8 stdio, no_new_privs) the server did
     # once; what is left here is per run. It runs before the program's clock starts, overlapping the
     # previous program; page faults (copy-on-write) are most of its cost, so it touches little.
@@ -233,7 +235,7 @@ def _set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict
     sandbox_os.forbid_syscalls()
 
 
-# A small program that takes the job's whole path: parse, lint, compile, exec, str(result).
+# A small program that takes the job's whole path: check (in the server: see warm_up), load, exec, str(result).
 _WARM_UP_CODE = "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n"
 # Once the server has preloaded the modules (a job under the `tests` policy came), a job is usually
 # HumanEval-shaped: an import from typing, a documented function, then test code that calls check().
@@ -253,33 +255,36 @@ def f(numbers: List[int], k: Optional[int] = None) -> List[int]:
 '''
 _WARM_UP_TEST = "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2, 3], 2) == [4]\n"
 _WARM_UP_LIMITS = {"result_chars": 100, "memory_bytes": 0}
+# The three as a job carries them: marshalled code objects.
+_WARM_UP_JOBS = [
+    marshal.dumps(compile(code, name, "exec", dont_inherit=True))
+    for code, name in ((_WARM_UP_CODE, FILENAME), (_WARM_UP_TESTED_CODE, FILENAME), (_WARM_UP_TEST, TEST_FILENAME))
+]
 
 
-def warm_up(stop_fd: int = -1) -> None:
+def warm_up(stop_fd: int = -1, check=None) -> None:
     """Run _WARM_UP_CODE (and, once the server has preloaded the modules, _WARM_UP_TESTED_CODE with its
-    test) through the job's path, step by step.
+    test) through the job's path, step by step; with `check` (sandbox_checker.check_source), through
+    the checker's path first.
 
-    The server calls it a few times before it forks, so that lazy set-up (the AST types, the interpreter's
-    specialisation of this module's code) is done once, in the server. A child forked while the caller
-    leaves gaps between requests calls it once it is ready, so that the page faults a first parse, lint
-    and run take (a fresh fork touching memory it shares with the server) fall before its job arrives,
-    not while it runs: measured, a fresh child's parse + lint + compile of `result = 1` takes ~330 us
-    cold and ~35 us warm, for ~650 us of warm-up. It stops between steps once `stop_fd` is readable (the
-    job has come), so it delays a job by one step at most."""
+    The server calls it, with `check`, a few times before it forks, so that lazy set-up (the AST types,
+    the interpreter's specialisation of this module's code and the checker's) is done once, in the
+    server. A child forked while the caller leaves gaps between requests calls it once it is ready, so
+    that the page faults a first load and run take (a fresh fork touching memory it shares with the
+    server) fall before its job arrives, not while it runs. It stops between steps once `stop_fd` is
+    readable (the job has come), so it delays a job by one step at most."""
     state: dict = {}
-    steps = [
-        lambda: state.update(tree=compile(_WARM_UP_CODE, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
-        lambda: sandbox_lint.check(_WARM_UP_CODE, state["tree"], "task", AVAILABLE_MODULES),
-        lambda: state.update(program=compile(_WARM_UP_CODE, FILENAME, "exec", dont_inherit=True)),
+    code, tested_code, test = _WARM_UP_JOBS
+    steps = [lambda: check(_WARM_UP_CODE, "task")] if check is not None else []
+    steps += [
+        lambda: state.update(program=marshal.loads(code)),
         lambda: _execute(state["program"], None, "", "", _WARM_UP_LIMITS),
     ]
     if "typing" in sys.modules:  # preloaded (sandbox_server.preload)
-        code = _WARM_UP_TESTED_CODE
+        if check is not None:
+            steps.append(lambda: check(_WARM_UP_TESTED_CODE, "tests"))
         steps += [
-            lambda: state.update(tree=compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)),
-            lambda: sandbox_lint.check(code, state["tree"], "tests", AVAILABLE_MODULES),
-            lambda: state.update(program=compile(code, FILENAME, "exec", dont_inherit=True)),
-            lambda: state.update(test=marshal.loads(marshal.dumps(compile(_WARM_UP_TEST, TEST_FILENAME, "exec")))),
+            lambda: state.update(program=marshal.loads(tested_code), test=marshal.loads(test)),
             lambda: _execute(state["program"], state["test"], "f", "", _WARM_UP_LIMITS),
         ]
     for step in steps:
@@ -289,27 +294,23 @@ def warm_up(stop_fd: int = -1) -> None:
 
 
 def _run_job(job: dict, run_dir: str, limits: dict) -> None:
-    """Check and run the job, write one result frame to RESULT_FD, exit. Never returns."""
+    """Run the job, write one result frame to RESULT_FD, exit. Never returns."""
     # Bound before the program runs: it may rebind sys.stdout, module attributes or a stream's `flush`, not
     # these locals or the methods of the stream's (built-in, immutable) type.
     write, exit_, clock, usage = os.write, os._exit, time.perf_counter, resource.getrusage
     flushes = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
-    refused, compiled = _prepare(job)
-    cpu_ms = wall_ms = 0.0  # the program's own time: zero if it never ran
-    if refused is not None:
-        status, text, flags = refused
-    elif job["check_only"]:
-        status, text, flags = OK, "", ""
-    else:
-        start, before = clock(), usage(resource.RUSAGE_SELF)
-        status, text, flags = _execute(*compiled, job["entry_point"], run_dir, limits)
-        for flush, stream in flushes:
-            try:
-                flush(stream)
-            except BaseException:  # past the output cap (the server sees the size) or closed by the program
-                pass
-        wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
-        cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    # The checker made these; the test code is the client's (it compiles trusted test code once per text).
+    program = marshal.loads(job["program"])
+    test = None if job["test"] is None else marshal.loads(job["test"])
+    start, before = clock(), usage(resource.RUSAGE_SELF)
+    status, text, flags = _execute(program, test, job["entry_point"], run_dir, limits)
+    for flush, stream in flushes:
+        try:
+            flush(stream)
+        except BaseException:  # past the output cap (the server sees the size) or closed by the program
+            pass
+    wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
+    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
     rss_kib = usage(resource.RUSAGE_SELF).ru_maxrss
     body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{rss_kib}\n".encode()
     body += text.encode("utf-8", "surrogatepass")
@@ -317,25 +318,6 @@ def _run_job(job: dict, run_dir: str, limits: dict) -> None:
     while data:
         data = data[write(RESULT_FD, data) :]
     exit_(0)
-
-
-def _prepare(job: dict):
-    """((status, text, flags), None) if the job is refused before running, else (None, (program, test)):
-    the code objects of the program and of the test code (None without tests)."""
-    code, policy = job["code"], job["policy"]
-    try:
-        if policy:
-            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
-            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
-            if violation:
-                return (UNSAFE, violation, ""), None
-            del tree
-        # From the source again, not from the tree: converting a tree back costs more than parsing anew.
-        program = compile(code, FILENAME, "exec", dont_inherit=True)
-    except Exception as e:  # SyntaxError, and whatever else a parser or compiler bomb makes it raise
-        return (SYNTAX_ERROR, syntax_error_text(e), ""), None
-    # The test code came compiled (the client compiles trusted test code once per text).
-    return None, (program, None if job["test"] is None else marshal.loads(job["test"]))
 
 
 def _execute(program, test, entry_point: str, run_dir: str, limits: dict) -> tuple[str, str, str]:

@@ -25,7 +25,7 @@ else:  # imported by the server script, which has put this directory on sys.path
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.syscall.restype = ctypes.c_long
-_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER = 1, 38, 36
+_PR_SET_PDEATHSIG, _PR_SET_NO_NEW_PRIVS, _PR_SET_CHILD_SUBREAPER, _PR_SET_NAME = 1, 38, 36, 15
 # Landlock's syscall numbers are the same on every architecture.
 _SYS_LANDLOCK_CREATE_RULESET, _SYS_LANDLOCK_ADD_RULE, _SYS_LANDLOCK_RESTRICT_SELF = 444, 445, 446
 
@@ -255,6 +255,11 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy of descriptor `fd` of the process behind `pidfd` (the caller may ptrace it: its child), as a
     new close-on-exec descriptor of the caller."""
     return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+
+
+def set_name(name: bytes) -> None:
+    """Name this process (what ps and /proc/PID/comm show; at most 15 bytes)."""
+    _libc.prctl(_PR_SET_NAME, name, 0, 0, 0)
 
 
 def die_with_parent() -> None:

@@ -32,6 +32,7 @@ import unicodedata  # noqa: F401 - the parser imports it for any non-ASCII ident
 # sandbox_child and sandbox_os sit next to this file. -P keeps this directory off sys.path: add it for these
 # imports only, so that programs cannot import the package's other modules by name.
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import sandbox_checker  # noqa: E402
 import sandbox_os  # noqa: E402
 import sandbox_zygote  # noqa: E402
 from sandbox_child import (  # noqa: E402
@@ -96,13 +97,15 @@ class _Zygote:
 
 
 class Server:
-    """Runs requests one at a time, each in a child forked and set up before the request came. When the
-    caller leaves gaps between requests (the agent loop: the model generates), the used child is reaped
-    and the next one forked after the reply, in the gap, unless the program is still running after
-    QUICK_S. When requests come back to back there is no gap to hide that work in: the next child is
-    forked while the program runs instead, and a used child is reaped one request later, after the next
-    reply (SIGKILLed at its report, it has exited by then, so reaping it does not wait on its exit), or
-    as soon as the caller pauses.
+    """Runs requests one at a time, each checked by the checker and then run in a child forked and set up
+    before the request came. When the caller leaves gaps between requests (the agent loop: the model
+    generates), the used child is reaped and the next one forked after the reply, in the gap, unless the
+    program is still running after QUICK_S. When requests come back to back there is no gap to hide that
+    work in: two spares are kept in the pipe instead (each ordered from the zygote as a run starts,
+    collected while the next request is checked, used by the one after), so that a child has two
+    requests' time to be forked and set up, and a used child is reaped one request later, after the
+    next reply (SIGKILLed at its report, it has exited by then, so reaping it does not wait on its
+    exit), or as soon as the caller pauses.
 
     A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
     its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
@@ -127,12 +130,14 @@ class Server:
         self.used: _Child | None = None  # back to back: the last used child, killed, reaped one request later
         self.free_dirs: list[int] = []  # numbers of empty run directories, kept with their Landlock rulesets
         self.zygote: _Zygote | None = None
+        self.checker: _Child | None = None  # the checker (sandbox_checker.py): every program's layer-1 check
         self.use_zygote = sandbox_os.CLONE_PARENT_WORKS  # False once this kernel refused the zygote's way
         self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
         self.ordered: tuple[int, int] | None = None  # (run, flags) of a child ordered from the zygote, not collected
+        self.spares: list[_Child] = []  # forked for the next requests, oldest first
 
     def serve(self, client: int) -> None:
-        spare = self.spawn()
+        self.spares.append(self.spawn())
         try:
             while True:
                 waited = time.perf_counter()
@@ -144,45 +149,60 @@ class Server:
                 self.warm_children = quick_s > 0
                 if request["job"]["policy"] != "task" and not self.preloaded:
                     # Its child must have the modules a program may import: load them, and replace the
-                    # spare, which was forked without them. Once per server.
-                    self.finish(spare)
+                    # spares, which were forked without them. Once per server.
+                    self.collect()
+                    while self.spares:
+                        self.finish(self.spares.pop(0))
                     self.finish_used()
                     self.stop_zygote()  # its heap lacks them too
                     preload()
-                    self.preloaded, spare = True, self.spawn()
-                child, spare = spare, None
+                    self.preloaded = True
+                    self.spares.append(self.spawn())
+                child = None
                 try:
-                    child = self.ready_child(child)
-                    reply, spare = self.run(child, request, quick_s)
+                    start = time.perf_counter()  # the program's time limit covers its check too
+                    reply = self.check(request, start)  # (it collects the child on order meanwhile)
+                    if "program" in reply:  # it passed: run it
+                        child = self.spares.pop(0) if self.spares else self.spawn()
+                        if not quick_s and self.ordered is None and len(self.spares) < 2:
+                            self.order()  # back to back: the zygote forks the one after next while this runs
+                        child = self.ready_child(child)
+                        reply = self.run(child, request, reply, start, quick_s)
                 except BaseException as e:
                     sandbox_os.send_msg(client, {"fatal": f"{type(e).__name__}: {e}"})
                     raise
                 sandbox_os.send_msg(client, reply)
-                if spare is None:
-                    spare = self.spawn()  # first, so that it sets itself up while we clean up
-                if quick_s:
-                    self.finish(child)  # in the caller's gap
+                if child is None:  # refused, only checked, or the check ran out of time: no child used
+                    continue
+                if quick_s:  # in the caller's gap: the next child first, so that it sets itself up meanwhile
+                    self.collect()
+                    if not self.spares:
+                        self.spares.append(self.spawn())
+                    self.finish(child)
                 else:
-                    # Back to back: reap the child killed one request ago (dead by now, so wait4 does not wait
-                    # on its exit) while the caller reads this reply; this one's turn comes after the next.
-                    self.finish_used()
+                    # Back to back: this child is reaped during the next request's check (SIGKILLed at its
+                    # report, it has exited by then, so wait4 does not wait on its exit).
+                    self.finish_used()  # (done there already, unless that check failed)
                     self.used = child
+                    # If the zygote is done already, one more: it fills the pipe up to two spares.
+                    if self.collect(wait=False) and len(self.spares) < 2:
+                        self.order()
         finally:
-            if spare is not None:
-                self.finish(spare)
+            try:
+                self.collect()  # a child still on order (an error cut a request short)
+            except (OSError, SetupFailed):
+                pass  # the error that ended serving is the one to report; the child dies with the server
+            while self.spares:
+                self.finish(self.spares.pop(0))
             self.finish_used()
-            if self.ordered is not None:  # (an error cut the run short) the zygote's reply is still to read
-                try:
-                    self.finish(self.spawn())
-                except (OSError, SetupFailed):
-                    pass  # the error that ended serving is the one to report; the child dies with the server
+            self.retire_checker()
             self.stop_zygote()
 
-    def spawn(self) -> _Child:
+    def spawn(self, flags: int = 0) -> _Child:
         """Fork the next child (or take the one ordered); it sets itself up in parallel with whatever the
-        server does next."""
+        server does next. `flags`: sandbox_zygote.CHECKER for the checker."""
         if self.ordered is None:
-            self.order()
+            self.order(flags)
         (run, flags), self.ordered = self.ordered, None
         pid, (ready, go, out, err, res) = self.fork_child(run, flags)
         self.live.add(pid)
@@ -192,13 +212,23 @@ class Server:
             pass  # the child got there first, or already died (run() will see that)
         return _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
 
-    def order(self) -> None:
+    def collect(self, wait: bool = True) -> bool:
+        """Take the child on order, if any, into the spares, waiting for the zygote's fork if need be;
+        with `wait` False, only if the zygote has forked it already. Whether it took one."""
+        if self.ordered is None:
+            return False
+        if not wait and (self.zygote is None or not select.select([self.zygote.replies], [], [], 0)[0]):
+            return False
+        self.spares.append(self.spawn())
+        return True
+
+    def order(self, flags: int = 0) -> None:
         """Order the next child from the zygote, which forks it while the server goes on; spawn() takes
         it. (Without a zygote the fork waits for spawn().)"""
         assert self.ordered is None, "the child ordered before is not taken yet"
         self.count += 1
         run, new = (self.free_dirs.pop(), False) if self.free_dirs else (self.count, True)
-        flags = (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
+        flags |= (sandbox_zygote.NEW if new else 0) | (sandbox_zygote.WARM if self.warm_children else 0)
         self.ordered = (run, flags)
         if self.zygote is None and self.forker is None:
             self.start_zygote()
@@ -288,8 +318,9 @@ class Server:
         for fd in (zygote.pidfd, zygote.orders, zygote.replies):
             os.close(fd)
 
-    def ready_child(self, child: _Child) -> _Child:
-        """`child` once it is set up; a fresh one if it was killed (from outside) while it waited."""
+    def ready_child(self, child: _Child, flags: int = 0) -> _Child:
+        """`child` once it is set up; a fresh one (forked with `flags`) if it was killed (from outside)
+        while it waited."""
         for _attempt in range(2):
             if not select.select([child.ready], [], [], SETUP_TIMEOUT_S)[0]:
                 raise SetupFailed(f"a child was not ready after {SETUP_TIMEOUT_S:.0f} s")
@@ -299,30 +330,86 @@ class Server:
             if ready.startswith(b"E"):  # + why: the kernel refused part of the set-up, and will again
                 raise SetupFailed(ready[1:].decode(errors="replace"))
             self.finish(child)
-            child = self.spawn()
+            child = self.spawn(flags)
         raise SetupFailed("two children in a row died during set-up")
 
-    def run(self, child: _Child, request: dict, quick_s: float) -> tuple[dict, _Child | None]:
-        """Run one program in a ready child; returns the reply and the next child if it forked one (when
-        the program was not done within `quick_s`). Back to back, the next child is ordered from the zygote
-        as the program starts, and the next spawn() takes it."""
+    def check(self, request: dict, start: float) -> dict:
+        """Parse, lint and compile the request's program in the checker, within the request's time limit
+        from `start`. Returns {"program": its marshalled code object, "warnings": what compiling printed}
+        for a program to run, else the reply: refused (syntax_error, unsafe), a check-only request's
+        answer (ok), or the check's own timeout or crash (the checker is replaced then)."""
+        job, timeout_ms = request["job"], request["timeout_ms"]
+        checker = self.ready_checker()
+        message = marshal.dumps({"code": job["code"], "policy": job["policy"]})
+        checker.report = b""
+        try:
+            sandbox_os.write_all(checker.go, LEN.pack(len(message)) + message)
+        except BrokenPipeError:
+            pass  # it died just now (killed from outside); _wait sees it exit
+        # While it checks: take the child on order, and reap the one used a request ago (back to back).
+        self.collect()
+        self.finish_used()
+        state = self._wait(checker, start + timeout_ms / 1000, self.limits["memory_bytes"])
+        warnings = _drain(checker.err)
+        reply = sandbox_checker.parse_reply(checker.report) if state == "report" else None
+        if reply is None:  # out of time, or killed: classified as a run's child would be, then replaced
+            self.checker = None
+            _kill(checker.pid)
+            self._reap(checker)
+            wall_ms = (time.perf_counter() - start) * 1000
+            failed = self._classify(checker, None, state == "running", wall_ms, timeout_ms)
+            self.finish(checker)
+            # cpu_ms: the checker's lifetime is not this program's; the program itself never ran.
+            return {**failed, "stderr": _text_tail(warnings, self.limits["tail_bytes"]), "cpu_ms": 0.0}
+        status, rss_kib, more, payload = reply
+        if not more:  # it exits after this reply (an unclean check, or its last one): replace it now
+            self.retire_checker()
+        if status == OK and not job["check_only"]:
+            return {"program": payload, "warnings": warnings}
+        result = {"status": status, "stdout": "", "stderr": _text_tail(warnings, self.limits["tail_bytes"]),
+                  "cpu_ms": 0.0, "wall_ms": 0.0, "peak_rss_bytes": rss_kib * 1024}  # fmt: skip
+        if status == OK:
+            return {**result, "output": "", "has_result": False, "truncated": False}
+        return {**result, "error": payload.decode("utf-8", "surrogatepass")[: MAX_ERROR_CHARS * 2]}
+
+    def ready_checker(self) -> _Child:
+        """The checker, forked and set up first if there is none (the first request, or the last one
+        ended it), or it died since its last check (killed from outside)."""
+        checker = self.checker
+        if checker is not None and not select.select([checker.pidfd], [], [], 0)[0]:
+            return checker
+        self.collect()  # (one order at a time)
+        self.retire_checker()
+        self.checker = self.ready_child(self.spawn(sandbox_zygote.CHECKER), sandbox_zygote.CHECKER)
+        return self.checker
+
+    def retire_checker(self) -> None:
+        if self.checker is not None:
+            checker, self.checker = self.checker, None
+            self.finish(checker)
+
+    def run(self, child: _Child, request: dict, checked: dict, start: float, quick_s: float) -> dict:
+        """Run the checked program (check()'s result) in a ready child, within the request's time limit
+        from `start`; returns the reply. If the program is still running after `quick_s` and no child is
+        spare or on order, the next one is forked while it runs."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
         cpu_s = int(timeout_ms / 1000) + 2
         resource.prlimit(child.pid, resource.RLIMIT_CPU, (cpu_s, cpu_s))
-        job = marshal.dumps(request["job"])
-        start = time.perf_counter()  # the program's budget starts now: fork and set-up are behind us
+        if checked["warnings"]:  # the compiler's, first on the run's stderr, as if the child had compiled it
+            sandbox_os.write_all(child.err, checked["warnings"])
+        job = marshal.dumps({"program": checked["program"], "test": request["job"]["test"],
+                             "entry_point": request["job"]["entry_point"]})  # fmt: skip
+        running = time.perf_counter()
         try:
             sandbox_os.write_all(child.go, LEN.pack(len(job)) + job)
         except BrokenPipeError:
             pass  # the child died just now (killed from outside); _wait sees it exit
-        deadline, spare = start + timeout_ms / 1000, None
-        if self.used is not None:  # back to back: the zygote forks the next child while the program runs
-            self.order()
-        state = self._wait(child, min(deadline, start + quick_s))
+        deadline = start + timeout_ms / 1000
+        state = self._wait(child, min(deadline, running + quick_s))
         if state == "running":
-            if spare is None and self.ordered is None:
-                spare = self.spawn()  # a slow program: fork the next child while it runs
+            if not self.spares and self.ordered is None:
+                self.spares.append(self.spawn())  # a slow program: fork the next child while it runs
             state = self._wait(child, deadline)
         wall_ms = (time.perf_counter() - start) * 1000
         frame, timed_out = (child.report if state == "report" else None), state == "running"
@@ -330,12 +417,12 @@ class Server:
         _kill_group(child.pid)
         if frame is None:  # no report: the exit status says why, so reap now
             self._reap(child)
-        return self._classify(child, frame, timed_out, wall_ms, timeout_ms), spare
+        return self._classify(child, frame, timed_out, wall_ms, timeout_ms)
 
-    def _wait(self, child: _Child, until: float) -> str:
-        """"report" once child.report holds a complete one, "exited" if the child ended without one, or
-        "running" if `until` passed first (call again to wait longer)."""
-        limit = self.limits["result_chars"] * 4 + 4096
+    def _wait(self, child: _Child, until: float, limit: int = 0) -> str:
+        """ "report" once child.report holds a complete one (or more than `limit` bytes), "exited" if the
+        child ended without one, or "running" if `until` passed first (call again to wait longer)."""
+        limit = limit or self.limits["result_chars"] * 4 + 4096
         while True:
             # Past `until` this still polls once, so a report that was in time counts even if the server
             # (busy forking the spare) looks late.
@@ -429,8 +516,9 @@ class Server:
     def sweep(self) -> None:
         """Kill what a program left behind. Its process group is already killed; a descendant that left
         the group is re-parented to this server (a child subreaper), so it shows up as our child here."""
+        self.collect()  # a child on order is the server's child too, not yet in self.live: take it first
         for _ in range(100):  # each round kills one generation; a fork loop cannot outrun 100 of them
-            # Never a child the server still needs (the spare).
+            # Never a child the server still needs (the spares, the checker).
             pids = [p for p in self._children() if p not in self.live]
             if not pids:
                 break
@@ -511,6 +599,22 @@ def _kill_group(pgid: int) -> None:
         pass  # no such group left (the program moved itself out); sweep() finds strays
 
 
+def _drain(fd: int) -> bytes:
+    """What the checker wrote to this memfd (its stderr) since the last drain; empties it. The checker is
+    waiting for its next request, so nothing writes meanwhile."""
+    size = os.fstat(fd).st_size
+    if not size:
+        return b""
+    data = os.pread(fd, size, 0)
+    os.ftruncate(fd, 0)
+    os.lseek(fd, 0, 0)  # the offset is shared with the checker's fd 2: it writes from the start again
+    return data
+
+
+def _text_tail(data: bytes, n: int) -> str:
+    return data[-n:].decode("utf-8", "replace")
+
+
 def _tail(fd: int, size: int, n: int) -> str:
     return os.pread(fd, n, max(0, size - n)).decode("utf-8", "replace") if size else ""
 
@@ -527,7 +631,7 @@ def preload() -> None:
 
 def settle_heap() -> None:
     for _ in range(WARM_UP_RUNS):  # lazy initialisation and specialisation, done here once (see warm_up)
-        warm_up()
+        warm_up(check=sandbox_checker.check_source)
     # Every fork copies the page-table entries of the server's private memory, and every later write to
     # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
     # hand free heap back to the kernel, and keep the collector from touching the objects that remain.

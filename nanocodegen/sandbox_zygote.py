@@ -26,9 +26,10 @@ import os
 import struct
 
 if __package__:  # nanocodegen.sandbox_zygote, imported by the tests
-    from nanocodegen import sandbox_os
+    from nanocodegen import sandbox_checker, sandbox_os
     from nanocodegen.sandbox_child import child_main, seal_imports
 else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_checker
     import sandbox_os
     from sandbox_child import child_main, seal_imports
 
@@ -38,7 +39,9 @@ else:  # imported by the server script, which has put this directory on sys.path
 ORDER = struct.Struct("=3i")
 REPLY = struct.Struct("=6i")
 FORK, DROP = 1, 2
-NEW, WARM = 1, 2  # flags of a FORK: make the run directory first; warm the child up (sandbox_child.warm_up)
+# Flags of a FORK: make the run directory first; warm the child up (sandbox_child.warm_up); the child is to
+# be the checker (sandbox_checker.py) rather than a run's.
+NEW, WARM, CHECKER = 1, 2, 4
 
 
 class Forker:
@@ -70,8 +73,12 @@ class Forker:
             raise
         out, err, ready_r, ready_w, go_r, go_w, res_r, res_w = made
         if pid == 0:
+            serve = None
+            if flags & CHECKER:
+                sandbox_os.set_name(sandbox_checker.NAME)  # now: the child's seccomp filter refuses prctl
+                serve = sandbox_checker.serve_checks
             child_main((ready_w, go_r, out, err, res_w), f"{self.base_dir}/run{run}", ruleset, self.limits,
-                       self.server_pid, flags & WARM)  # fmt: skip
+                       self.server_pid, flags & WARM, serve)  # fmt: skip
         os.close(ready_w)
         os.close(go_r)
         os.close(res_w)

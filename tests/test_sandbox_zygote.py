@@ -3,6 +3,7 @@ clone_parent. The zygote inside a real server is tested through Sandbox in test_
 
 import marshal
 import os
+import time
 
 import pytest
 
@@ -18,8 +19,8 @@ def test_a_forker_makes_a_child_that_runs_one_job_in_its_run_directory(tmp_path)
     pid, (ready, go, out, err, res) = forker.make(7, NEW)
     try:
         assert os.read(ready, 1) == b"R"
-        job = marshal.dumps({"code": "import os\nresult = os.getcwd()", "policy": "", "check_only": False,
-                             "test": None, "entry_point": ""})  # fmt: skip
+        program = marshal.dumps(compile("import os\nresult = os.getcwd()", "<code>", "exec"))
+        job = marshal.dumps({"program": program, "test": None, "entry_point": ""})
         sandbox_os.write_all(go, LEN.pack(len(job)) + job)
         report = b""
         while chunk := os.read(res, 65536):
@@ -55,14 +56,20 @@ def test_clone_parent_makes_a_sibling_not_a_child():
 
 
 def _run_jobs(server, n: int) -> list[str]:
+    """Each job checked by the server's checker, then run in a child of its own, as Server.serve does."""
     outputs = []
-    for i in range(n):
-        child = server.ready_child(server.spawn())
-        job = {"code": f"result = {i}", "policy": "", "check_only": False, "test": None, "entry_point": ""}
-        reply, spare = server.run(child, {"job": job, "timeout_ms": 2000}, 1.0)  # done within 1 s: no spare
-        assert spare is None and reply["status"] == "ok", reply
-        server.finish(child)
-        outputs.append(reply["output"])
+    try:
+        for i in range(n):
+            job = {"code": f"result = {i}", "policy": "", "check_only": False, "test": None, "entry_point": ""}
+            request, start = {"job": job, "timeout_ms": 2000}, time.perf_counter()
+            checked = server.check(request, start)
+            child = server.ready_child(server.spawn())
+            reply = server.run(child, request, checked, start, 1.0)  # done within 1 s: no spare forked
+            assert not server.spares and reply["status"] == "ok", reply
+            server.finish(child)
+            outputs.append(reply["output"])
+    finally:
+        server.retire_checker()
     return outputs
 
 
