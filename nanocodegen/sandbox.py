@@ -16,22 +16,30 @@ it. A child is forked and set up before its request arrives (the next one is for
 runs, or after the reply when the caller leaves a gap; a used child is reaped in the caller's gap, or
 after the next reply when requests come back to back), so neither fork, set-up nor exit counts against
 the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also warms
-up the job's path during its set-up (sandbox_child.warm_up). The child checks the program (layer 1),
-compiles it and runs it as a module body with the real builtins and a fresh globals dict; `str(result)`
+up the job's path during its set-up (sandbox_child.warm_up), and checks its program itself (layer 1:
+parse, lint, compile). When requests come back to back there is no gap for a warm-up, and a cold
+child's check cost ~0.6 ms: then the server's checker (sandbox_checker.py: a long-lived process forked
+and confined exactly like a run's child, which runs no program code) parses, lints and compiles the
+program, warm, in ~0.1 ms, and a refused program never uses a child; so does every check-only request.
+The child runs the code object as a module body with the real builtins and a fresh globals dict; `str(result)`
 (or "None" when no global `result` exists) is the output. With tests, the test code (trusted: it comes
 with the suite, and is compiled once by the client) runs next in the same namespace, then
 `check(entry_point)`, as HumanEval's harness does.
 
 The layers, each with what it stops and what it does not:
 
-1. Source policy (sandbox_lint.py), in the child, when the request names a policy: a lint with a clear
-   message for the model (imports, exec/eval/open/__import__, dunder attributes and names, frame,
-   generator and traceback internals, attribute walks in format strings, non-UTF-8 coding declarations).
-   Parse errors of every kind (SyntaxError, and the RecursionError, MemoryError and ValueError of
-   parser and compiler bombs) are `syntax_error`; a bomb that outgrows them hits the child's time or
-   memory limit. It is not a barrier: `eval` of a computed string, or an escape it does not know, gets
-   past it, and then only layer 2 matters. The caller's process never parses untrusted code.
-2. OS isolation, the barrier, in every child before its program runs:
+1. Source policy (sandbox_lint.py), in the checker (or in the warmed child, in the caller's gaps), when
+   the request names a policy: a lint with a clear message for the model (imports,
+   exec/eval/open/__import__, dunder attributes and names, frame, generator and traceback internals,
+   attribute walks in format strings, non-UTF-8 coding declarations). Parse errors of every kind
+   (SyntaxError, and the RecursionError, MemoryError and ValueError of parser and compiler bombs) are
+   `syntax_error`; a bomb that outgrows them hits the checker's (or child's) time or memory limit, the
+   same limits, and a check in the checker that raised more than a SyntaxError ends the checker: the
+   next request gets a fresh one. It is not a barrier: `eval` of a computed string, or an escape it does
+   not know, gets past it, and then only layer 2 matters. The caller's process never parses untrusted
+   code.
+2. OS isolation, the barrier, in every child before its program runs (and in the checker before its
+   first check):
    - Landlock (Linux >= 5.13): no reads, writes, exec or directory listings anywhere but the child's
      private, empty working directory (HOME and TMPDIR point there; after the run it is deleted, or
      kept for a later run if it is still empty and unchanged, the run's processes all dead), so no
@@ -56,6 +64,9 @@ The layers, each with what it stops and what it does not:
    SIGKILLed when its report arrives, so its threads (it cannot start any), finalizers, atexit hooks
    and buffered output die with it. Builtins it poisoned, modules it patched and files it wrote go
    with it. The server is a child subreaper and sweeps up anything that escaped the process group.
+   The checker outlives runs but executes none of their code (CPython runs no Python code while it
+   parses and compiles; the lint is ours), and a run cannot reach it: no signals, no ptrace, no
+   shared files. Compiler warnings it prints are handed on to that run's stderr and go no further.
 
 Without Landlock or seccomp (old kernels, other architectures; `nanocodegen doctor` says which),
 `Sandbox` refuses to start unless the caller passes `allow_weak_isolation=True`, and `isolation` says
@@ -94,7 +105,8 @@ What it does NOT guarantee:
     seccomp filter, sockets, signals and (for root) fork are open.
   - cpu_ms and wall_ms cover the program's run (exec, str(result), the tests) as the child measures it;
     parsing, the lint and compiling are verification overhead, outside them (for timeouts and crashes:
-    the server's clock and wait4, set-up included). peak_rss_bytes includes the ~10 to 20 MB the child
+    the server's clock and wait4, set-up included; a check that timed out or crashed in the checker
+    reports cpu_ms 0, since the program never ran). peak_rss_bytes includes the ~10 to 20 MB the child
     inherits from the server.
 """
 

@@ -2,8 +2,9 @@
 
 It keeps generated programs inside a small, task-shaped language and says clearly what strayed; it is
 not the security boundary (the OS layer is: see nanocodegen/sandbox.py), so it stops only what is cheap
-to recognise in the source. It runs inside the sandbox child, on a tree the child parsed itself, so a
-parser or compiler bomb costs the child its time or memory limit, never the caller. Standard library
+to recognise in the source. It runs inside the sandbox's checker (sandbox_checker.py, a process confined
+like a run's child), on a tree the checker parsed itself, so a parser or compiler bomb costs the checker
+its time or memory limit, never the caller. Standard library
 only, and `_ast` rather than `ast` (which would add `enum` and more to every child).
 
 Two policies:

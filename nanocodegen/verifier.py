@@ -8,10 +8,10 @@
 
 Untrusted code is never parsed in the caller's process: this module only checks its type, its length
 (MAX_CODE_CHARS, before anything else) and that it is valid UTF-8, then hands it to the sandbox, which
-parses, lints (nanocodegen/sandbox_lint.py), compiles and runs it in a locked-down child
-(nanocodegen/sandbox.py says what each layer stops). Programs judged by `expected` output get the
-sketch's `task` policy; programs judged by tests get the `tests` policy (the modules the sandbox
-provides may be imported, and `eval`, which HumanEval's reference solutions use).
+parses, lints (nanocodegen/sandbox_lint.py) and compiles it in a locked-down process, then runs it in
+a fresh locked-down child (nanocodegen/sandbox.py says what each layer stops). Programs judged by
+`expected` output get the sketch's `task` policy; programs judged by tests get the `tests` policy (the
+modules the sandbox provides may be imported, and `eval`, which HumanEval's reference solutions use).
 
 Feedback texts (`Verdict.error`, shown to the model) are short and deterministic:
   correct        ""

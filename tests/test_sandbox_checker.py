@@ -8,7 +8,7 @@ import time
 import pytest
 
 from nanocodegen.records import Outcome
-from nanocodegen.sandbox import OK, Sandbox
+from nanocodegen.sandbox import OK, Limits, Sandbox
 from nanocodegen.sandbox_checker import check_source, parse_reply
 from nanocodegen.sandbox_child import LEN, RESULT_MAGIC
 from tests.test_sandbox import checkers, comm, run_children, state
@@ -55,17 +55,24 @@ def box():
 
 
 def _checker(sandbox: Sandbox) -> int:
+    """The pool's checker; a check-only request always goes through it, so one exists after this."""
+    assert sandbox.check("x = 0").ok
     (server,) = sandbox.server_pids()
     (checker,) = checkers(server)
     return checker
 
 
-def test_one_checker_checks_run_after_run_confined_like_a_run(box):
+def _wakeups(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("voluntary_ctxt_switches")).split()[1])
+
+
+def test_one_checker_checks_request_after_request_confined_like_a_run(box):
+    checker = _checker(box)
+    assert box.check("import os", policy="task").status == Outcome.UNSAFE
+    assert box.check("x = (").status == Outcome.SYNTAX_ERROR
     for i in range(4):
         assert box.run(f"result = {i}", policy="task").output == str(i)
-    checker = _checker(box)
-    assert box.run("import os", policy="task").status == Outcome.UNSAFE
-    assert box.check("x = (").status == Outcome.SYNTAX_ERROR
     assert _checker(box) == checker  # the same process all along
     with open(f"/proc/{checker}/status") as f:
         status = dict(line.split(":", 1) for line in f.read().splitlines())
@@ -73,36 +80,41 @@ def test_one_checker_checks_run_after_run_confined_like_a_run(box):
     assert comm(checker) == "ncg-checker" and checker not in run_children(box.server_pids()[0])
 
 
+def test_in_the_callers_gaps_a_warm_child_checks_its_program_itself(box):
+    checker = _checker(box)
+    for _ in range(2):  # spares forked before the gaps began have not warmed up: they use the checker
+        time.sleep(0.02)
+        box.run("result = 0")
+    before = _wakeups(checker)
+    for i in range(3):
+        time.sleep(0.02)  # the model generates
+        assert box.run(f"result = {i}").output == str(i)
+        time.sleep(0.02)
+        assert box.run("import os", policy="task").error == "import statements are not allowed (line 1)"
+    assert _wakeups(checker) == before  # not woken once
+    for _ in range(3):  # no gaps: back to back, the checker checks them
+        box.run("result = 1")
+    assert _wakeups(checker) > before
+
+
 def test_a_bomb_costs_the_checker_its_life_and_the_next_check_gets_a_fresh_one(box):
-    assert box.run("result = 1").ok
     before = _checker(box)
-    r = box.run(BOMB)
+    r = box.check(BOMB)
     assert (r.status, r.error) == (Outcome.SYNTAX_ERROR, "the program is too large or too deeply nested to compile")
     assert box.run("result = 2").output == "2"
     assert _checker(box) != before
 
 
-def test_a_check_that_overruns_the_time_limit_is_killed(box):
-    assert box.run("result = 1").ok
-    before = _checker(box)
-    r = box.run("x = 1\n" * 100_000, timeout_ms=1)  # ~600 KB: compiling it takes far more than 1 ms
-    assert (r.status, r.error, r.cpu_ms) == (Outcome.TIMEOUT, "exceeded the time limit of 1 ms", 0.0)
-    assert box.run("result = 2").output == "2"
-    assert _checker(box) != before
-
-
 def test_a_checker_killed_from_outside_is_replaced(box):
-    assert box.run("result = 1").ok
     checker = _checker(box)
     os.kill(checker, signal.SIGKILL)
     while state(checker) != "Z":  # dead, not yet reaped (a checker killed during a check costs that check)
         time.sleep(0.001)
-    assert box.run("result = 2").output == "2"
+    assert box.check("x = 1").ok and box.run("result = 2").output == "2"
     assert _checker(box) != checker
 
 
 def test_a_program_cannot_signal_the_checker(box):
-    assert box.run("result = 1").ok
     checker = _checker(box)
     r = box.run(f"import posix\nposix.kill({checker}, 9)\nresult = 1")  # no policy: the OS layer decides
     assert r.status == Outcome.RUNTIME_ERROR and r.error.startswith("PermissionError"), r
@@ -111,7 +123,27 @@ def test_a_program_cannot_signal_the_checker(box):
 
 def test_compiler_warnings_reach_the_runs_stderr(box):
     code = "x = 1\nresult = x is 1"
-    r = box.run(code)
-    assert (r.status, r.output) == (OK, "True") and "SyntaxWarning" in r.stderr and "line" not in r.error
+    for _ in range(2):  # whichever checked it, the warning comes with the run
+        r = box.run(code)
+        assert (r.status, r.output) == (OK, "True") and "SyntaxWarning" in r.stderr
     assert "SyntaxWarning" in box.check(code).stderr
-    assert box.run("result = 1").stderr == ""  # drained: the warning does not follow later runs
+    assert box.run("result = 1").stderr == "" and box.check("x = 1").stderr == ""  # drained: no later run sees it
+
+
+def test_a_check_that_overruns_the_time_limit_kills_the_checker(tmp_path):
+    # Through the server itself (as Server.serve calls it), which decides the checker's path here.
+    from nanocodegen import sandbox_server
+
+    # This process has torch loaded: far more address space than Limits' 256 MiB, which a fork keeps.
+    limits = {**Limits().__dict__, "memory_bytes": 1 << 40}
+    server = sandbox_server.Server(str(tmp_path), limits, {"landlock_abi": 0})
+    job = {"code": "x = 1\n" * 100_000, "policy": "", "check_only": False, "test": None, "entry_point": ""}
+    try:
+        r = server.check({"job": job, "timeout_ms": 1}, time.perf_counter())  # ~600 KB: far more than 1 ms
+        assert (r["status"], r["error"], r["cpu_ms"]) == (Outcome.TIMEOUT, "exceeded the time limit of 1 ms", 0.0)
+        assert server.checker is None
+        checked = server.check({"job": {**job, "code": "result = 1"}, "timeout_ms": 1000}, time.perf_counter())
+        assert marshal.loads(checked["program"]).co_filename == "<code>" and server.checker is not None
+    finally:
+        server.retire_checker()
+        server.stop_zygote()
