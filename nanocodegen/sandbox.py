@@ -16,28 +16,27 @@ it. A child is forked and set up before its request arrives (the next one is for
 runs, or after the reply when the caller leaves a gap; a used child is reaped in the caller's gap, or
 after the next reply when requests come back to back), so neither fork, set-up nor exit counts against
 the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also warms
-up the job's path during its set-up (sandbox_child.warm_up), and checks its program itself (layer 1:
-parse, lint, compile). When requests come back to back there is no gap for a warm-up, and a cold
-child's check cost ~0.6 ms: then the server's checker (sandbox_checker.py: a long-lived process forked
-and confined exactly like a run's child, which runs no program code) parses, lints and compiles the
-program, warm, in ~0.1 ms, and a refused program never uses a child; so does every check-only request.
-The child runs the code object as a module body with the real builtins and a fresh globals dict; `str(result)`
-(or "None" when no global `result` exists) is the output. With tests, the test code (trusted: it comes
+up the job's path during its set-up (sandbox_child.warm_up). Before a program reaches a child, the
+server's checker (sandbox_checker.py: a long-lived process forked and confined exactly like a run's
+child, which runs no program code) parses it, lints it (layer 1) and compiles it, warm: ~0.1 ms for a
+HumanEval program, where a fresh child took ~0.6 ms and ~160 copy-on-write faults. A refused program,
+or a check-only request, never uses a child. The child loads the code object and runs it as a module
+body with the real builtins and a fresh globals dict; `str(result)` (or "None" when no global `result`
+exists) is the output. With tests, the test code (trusted: it comes
 with the suite, and is compiled once by the client) runs next in the same namespace, then
 `check(entry_point)`, as HumanEval's harness does.
 
 The layers, each with what it stops and what it does not:
 
-1. Source policy (sandbox_lint.py), in the checker (or in the warmed child, in the caller's gaps), when
-   the request names a policy: a lint with a clear message for the model (imports,
-   exec/eval/open/__import__, dunder attributes and names, frame, generator and traceback internals,
-   attribute walks in format strings, non-UTF-8 coding declarations). Parse errors of every kind
-   (SyntaxError, and the RecursionError, MemoryError and ValueError of parser and compiler bombs) are
-   `syntax_error`; a bomb that outgrows them hits the checker's (or child's) time or memory limit, the
-   same limits, and a check in the checker that raised more than a SyntaxError ends the checker: the
-   next request gets a fresh one. It is not a barrier: `eval` of a computed string, or an escape it does
-   not know, gets past it, and then only layer 2 matters. The caller's process never parses untrusted
-   code.
+1. Source policy (sandbox_lint.py), in the checker, when the request names a policy: a lint with a clear
+   message for the model (imports, exec/eval/open/__import__, dunder attributes and names, frame,
+   generator and traceback internals, attribute walks in format strings, non-UTF-8 coding declarations).
+   Parse errors of every kind (SyntaxError, and the RecursionError, MemoryError and ValueError of
+   parser and compiler bombs) are `syntax_error`; a bomb that outgrows them hits the checker's time or
+   memory limit (a run's limits), and any check that raised more than a SyntaxError ends the checker:
+   the next request gets a fresh one. It is not a barrier: `eval` of a computed string, or an escape it
+   does not know, gets past it, and then only layer 2 matters. The caller's process never parses
+   untrusted code.
 2. OS isolation, the barrier, in every child before its program runs (and in the checker before its
    first check):
    - Landlock (Linux >= 5.13): no reads, writes, exec or directory listings anywhere but the child's

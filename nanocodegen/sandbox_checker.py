@@ -26,13 +26,16 @@ Standard library only, like the rest of the server's side.
 
 from __future__ import annotations
 
+import _ast
 import marshal
 import resource
 import sys
 
 if __package__:  # nanocodegen.sandbox_checker, imported by the tests
-    from nanocodegen import sandbox_os
+    from nanocodegen import sandbox_lint, sandbox_os
     from nanocodegen.sandbox_child import (
+        AVAILABLE_MODULES,
+        FILENAME,
         GO_FD,
         LEN,
         OK,
@@ -40,12 +43,14 @@ if __package__:  # nanocodegen.sandbox_checker, imported by the tests
         RESULT_MAGIC,
         SYNTAX_ERROR,
         UNSAFE,
-        check_program,
         syntax_error_text,
     )
 else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_lint
     import sandbox_os
     from sandbox_child import (
+        AVAILABLE_MODULES,
+        FILENAME,
         GO_FD,
         LEN,
         OK,
@@ -53,7 +58,6 @@ else:  # imported by the server script, which has put this directory on sys.path
         RESULT_MAGIC,
         SYNTAX_ERROR,
         UNSAFE,
-        check_program,
         syntax_error_text,
     )
 
@@ -62,15 +66,23 @@ NAME = b"ncg-checker"  # its process name (ps, top; benchmarks/sandbox_cpu.py fi
 
 
 def check_source(code: str, policy: str) -> tuple[str, bytes, bool]:
-    """sandbox_child.check_program, its result as the wire carries it: (status, payload, clean), payload
-    the marshalled code object (OK) or the feedback text (SYNTAX_ERROR, UNSAFE), UTF-8."""
-    status, result, clean = check_program(code, policy)
-    if status != OK:
-        return status, result.encode("utf-8", "surrogatepass"), clean
+    """(status, payload, clean): OK and the marshalled code object, or SYNTAX_ERROR / UNSAFE and the
+    feedback text. `clean` is False when parsing or compiling raised anything but a SyntaxError (a
+    parser or compiler bomb): the process may be left in a state no later check should start from."""
     try:
-        return OK, marshal.dumps(result), clean
-    except ValueError as e:  # nested too deeply to marshal: the child could not load it either
+        if policy:
+            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
+            del tree
+            if violation:
+                return UNSAFE, violation.encode("utf-8", "surrogatepass"), True
+        # From the source again, not from the tree: converting a tree back costs more than parsing anew.
+        program = marshal.dumps(compile(code, FILENAME, "exec", dont_inherit=True))
+    except SyntaxError as e:  # IndentationError and TabError too
+        return SYNTAX_ERROR, syntax_error_text(e).encode("utf-8", "surrogatepass"), True
+    except Exception as e:  # whatever else a bomb makes the parser, the compiler or marshal raise
         return SYNTAX_ERROR, syntax_error_text(e).encode("utf-8", "surrogatepass"), False
+    return OK, program, True
 
 
 def serve_checks() -> None:

@@ -4,18 +4,15 @@ The sandbox server (sandbox_server.py) forks a child per program; the child runs
 returns. Standard library only, like the server. The feedback texts built here and in the server are
 shown to the model, so they are short and deterministic, with no host paths, pids or addresses.
 
-A job (marshal, on the go pipe) is {"program": the marshalled code object of the program, "test": the
-marshalled code object of the test code, compiled by the client, or None, "entry_point": str}. Its
-program comes compiled by the checker (sandbox_checker.py, a long-lived child set up the same way),
-which parsed, linted and compiled it; or, in the caller's gaps, when this child has warmed up that path
-(warm_up), the job carries {"code": str, "policy": str} instead and the child checks it itself
-(check_program, layer 1). With a test, the program is run, then the test code in the same namespace,
+The program arrives compiled: the checker (sandbox_checker.py, a long-lived child set up the same way)
+parsed, linted and compiled it. A job (marshal, on the go pipe) is {"program": the marshalled code
+object of the program, "test": the marshalled code object of the test code, compiled by the client, or
+None, "entry_point": str}. With a test, the program is run, then the test code in the same namespace,
 then `check(<entry_point>)`, as HumanEval's harness does.
 """
 
 from __future__ import annotations
 
-import _ast
 import builtins
 import marshal
 import os
@@ -26,10 +23,9 @@ import sys
 import time
 
 if __package__:  # nanocodegen.sandbox_child, imported by the client side for the texts and statuses
-    from nanocodegen import sandbox_lint, sandbox_os
+    from nanocodegen import sandbox_os
     from nanocodegen.sandbox_lint import with_line
 else:  # imported by the server script, which has put this directory on sys.path for the moment
-    import sandbox_lint
     import sandbox_os
     from sandbox_lint import with_line
 
@@ -157,28 +153,6 @@ def exception_text(e: BaseException, run_dir: str) -> str:
     return with_line(text, user_line(e.__traceback__))
 
 
-# --- layer 1: parse, lint, compile (in the checker, or in a warm child) ---------------------------------------
-
-
-def check_program(code: str, policy: str):
-    """(status, result, clean): OK and the program's code object, or SYNTAX_ERROR / UNSAFE and the feedback
-    text. `clean` is False when parsing or compiling raised anything but a SyntaxError (a parser or
-    compiler bomb): the process may be left in a state no later check should start from."""
-    try:
-        if policy:
-            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
-            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
-            del tree
-            if violation:
-                return UNSAFE, violation, True
-        # From the source again, not from the tree: converting a tree back costs more than parsing anew.
-        return OK, compile(code, FILENAME, "exec", dont_inherit=True), True
-    except SyntaxError as e:  # IndentationError and TabError too
-        return SYNTAX_ERROR, syntax_error_text(e), True
-    except Exception as e:  # whatever else a bomb makes the parser or the compiler raise
-        return SYNTAX_ERROR, syntax_error_text(e), False
-
-
 # --- the child: set up, wait for the program, run it, report, exit ------------------------------------------
 
 
@@ -261,7 +235,7 @@ def set_up_child(fds: tuple[int, ...], run_dir: str, ruleset: int, limits: dict,
     sandbox_os.forbid_syscalls()
 
 
-# A small program that takes the job's whole path: check, load, exec, str(result).
+# A small program that takes the job's whole path: check (in the server: see warm_up), load, exec, str(result).
 _WARM_UP_CODE = "def f(x):\n    return [i * 2 for i in range(x) if i % 3]\nresult = str(sorted(f(10))[::-1])\n"
 # Once the server has preloaded the modules (a job under the `tests` policy came), a job is usually
 # HumanEval-shaped: an import from typing, a documented function, then test code that calls check().
@@ -288,29 +262,28 @@ _WARM_UP_JOBS = [
 ]
 
 
-def warm_up(stop_fd: int = -1, check=check_program) -> None:
+def warm_up(stop_fd: int = -1, check=None) -> None:
     """Run _WARM_UP_CODE (and, once the server has preloaded the modules, _WARM_UP_TESTED_CODE with its
-    test) through the job's path, step by step: `check` (check_program here, the checker's
-    sandbox_checker.check_source in the server, which covers both), load, run.
+    test) through the job's path, step by step; with `check` (sandbox_checker.check_source), through
+    the checker's path first.
 
-    The server calls it a few times before it forks, so that lazy set-up (the AST types, the
-    interpreter's specialisation of this module's code and the checker's) is done once, in the server.
-    A child forked while the caller leaves gaps between requests calls it once it is ready, so that the
-    page faults a first parse, lint, load and run take (a fresh fork touching memory it shares with the
-    server) fall before its job arrives, not while it runs: such a child checks its program itself
-    (measured, a fresh child's parse + lint + compile of `result = 1` takes ~330 us cold and ~35 us
-    warm). It stops between steps once `stop_fd` is readable (the job has come), so it delays a job by
-    one step at most."""
+    The server calls it, with `check`, a few times before it forks, so that lazy set-up (the AST types,
+    the interpreter's specialisation of this module's code and the checker's) is done once, in the
+    server. A child forked while the caller leaves gaps between requests calls it once it is ready, so
+    that the page faults a first load and run take (a fresh fork touching memory it shares with the
+    server) fall before its job arrives, not while it runs. It stops between steps once `stop_fd` is
+    readable (the job has come), so it delays a job by one step at most."""
     state: dict = {}
     code, tested_code, test = _WARM_UP_JOBS
-    steps = [
-        lambda: check(_WARM_UP_CODE, "task"),
+    steps = [lambda: check(_WARM_UP_CODE, "task")] if check is not None else []
+    steps += [
         lambda: state.update(program=marshal.loads(code)),
         lambda: _execute(state["program"], None, "", "", _WARM_UP_LIMITS),
     ]
     if "typing" in sys.modules:  # preloaded (sandbox_server.preload)
+        if check is not None:
+            steps.append(lambda: check(_WARM_UP_TESTED_CODE, "tests"))
         steps += [
-            lambda: check(_WARM_UP_TESTED_CODE, "tests"),
             lambda: state.update(program=marshal.loads(tested_code), test=marshal.loads(test)),
             lambda: _execute(state["program"], state["test"], "f", "", _WARM_UP_LIMITS),
         ]
@@ -326,25 +299,18 @@ def _run_job(job: dict, run_dir: str, limits: dict) -> None:
     # these locals or the methods of the stream's (built-in, immutable) type.
     write, exit_, clock, usage = os.write, os._exit, time.perf_counter, resource.getrusage
     flushes = [(type(stream).flush, stream) for stream in (sys.stdout, sys.stderr)]
-    cpu_ms = wall_ms = 0.0  # the program's own time: zero if it never ran
-    if "program" in job:  # checked and compiled by the checker
-        status, program = OK, marshal.loads(job["program"])
-    else:  # checked here (a warm child, in the caller's gap)
-        status, program, _ = check_program(job["code"], job["policy"])
-    if status != OK:
-        text, flags = program, ""
-    else:
-        # The test code is the client's (it compiles trusted test code once per text).
-        test = None if job["test"] is None else marshal.loads(job["test"])
-        start, before = clock(), usage(resource.RUSAGE_SELF)
-        status, text, flags = _execute(program, test, job["entry_point"], run_dir, limits)
-        for flush, stream in flushes:
-            try:
-                flush(stream)
-            except BaseException:  # past the output cap (the server sees the size) or closed by the program
-                pass
-        wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
-        cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
+    # The checker made these; the test code is the client's (it compiles trusted test code once per text).
+    program = marshal.loads(job["program"])
+    test = None if job["test"] is None else marshal.loads(job["test"])
+    start, before = clock(), usage(resource.RUSAGE_SELF)
+    status, text, flags = _execute(program, test, job["entry_point"], run_dir, limits)
+    for flush, stream in flushes:
+        try:
+            flush(stream)
+        except BaseException:  # past the output cap (the server sees the size) or closed by the program
+            pass
+    wall_ms, after = (clock() - start) * 1000, usage(resource.RUSAGE_SELF)
+    cpu_ms = (after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime) * 1000
     rss_kib = usage(resource.RUSAGE_SELF).ru_maxrss
     body = f"{status}\n{flags}\n{cpu_ms:.3f}\n{wall_ms:.3f}\n{rss_kib}\n".encode()
     body += text.encode("utf-8", "surrogatepass")

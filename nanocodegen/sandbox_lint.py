@@ -4,8 +4,8 @@ It keeps generated programs inside a small, task-shaped language and says clearl
 not the security boundary (the OS layer is: see nanocodegen/sandbox.py), so it stops only what is cheap
 to recognise in the source. It runs inside the sandbox's checker (sandbox_checker.py, a process confined
 like a run's child), on a tree the checker parsed itself, so a parser or compiler bomb costs the checker
-its time or memory limit, never the caller. Standard library
-only, and `_ast` rather than `ast` (which would add `enum` and more to every child).
+its time or memory limit, never the caller. Standard library only, and `_ast` rather than `ast` (which
+would add `enum` and more to every process forked from the server).
 
 Two policies:
   task   the original sketch's, for programs judged by their `result`: no import statements, none of

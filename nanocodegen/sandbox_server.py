@@ -83,14 +83,13 @@ class SetupFailed(RuntimeError):
 class _Child:
     # A plain class, not a dataclass: `dataclasses` imports `inspect` and `re` into every child.
     __slots__ = ("pid", "pidfd", "ready", "go", "out", "err", "res", "run", "reaped", "status", "usage")
-    __slots__ += ("report", "watch", "warm")
+    __slots__ += ("report", "watch")
 
     def __init__(self, pid, pidfd, ready, go, out, err, res, run):
         self.pid, self.pidfd, self.ready, self.go = pid, pidfd, ready, go
         self.out, self.err, self.res, self.run = out, err, res, run  # run: the run directory's number
         self.reaped, self.status, self.usage = False, 0, None
         self.report, self.watch = b"", [res, pidfd]  # what arrived on the result pipe; fds still open
-        self.warm = False  # it warms up the job's path (sandbox_child.warm_up) while it waits
 
 
 class _Zygote:
@@ -164,13 +163,8 @@ class Server:
                 child = None
                 try:
                     start = time.perf_counter()  # the program's time limit covers its check too
-                    if quick_s and self.spares and self.spares[0].warm and not request["job"]["check_only"]:
-                        # The caller left a gap, in which the spare warmed up the check's path: it checks
-                        # the program itself, sooner than a round trip through the checker.
-                        reply = {"source": request["job"], "warnings": b""}
-                    else:
-                        reply = self.check(request, start)  # (it collects the child on order meanwhile)
-                    if "status" not in reply:  # to run: checked by the checker, or to be checked by the child
+                    reply = self.check(request, start)  # (it collects the child on order meanwhile)
+                    if "program" in reply:  # it passed: run it
                         child = self.spares.pop(0) if self.spares else self.spawn()
                         if not quick_s and self.ordered is None and not self.spares:
                             self.order()  # back to back: the zygote forks the next child while this runs
@@ -215,9 +209,7 @@ class Server:
             os.setpgid(pid, pid)  # the child does this too; doing it here as well closes the race
         except OSError:
             pass  # the child got there first, or already died (run() will see that)
-        child = _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
-        child.warm = bool(flags & sandbox_zygote.WARM)
-        return child
+        return _Child(pid, os.pidfd_open(pid), ready, go, out, err, res, run)
 
     def collect(self) -> None:
         """Take the child on order, if any, into the spares (waiting for the zygote's fork if need be)."""
@@ -394,9 +386,8 @@ class Server:
             self.finish(checker)
 
     def run(self, child: _Child, request: dict, checked: dict, start: float, quick_s: float) -> dict:
-        """Run the program in a ready child, within the request's time limit from `start`; returns the
-        reply. `checked` is check()'s result (the compiled program), or {"source": the request's job} for
-        a warm child to check itself. If the program is still running after `quick_s` and no child is
+        """Run the checked program (check()'s result) in a ready child, within the request's time limit
+        from `start`; returns the reply. If the program is still running after `quick_s` and no child is
         spare or on order, the next one is forked while it runs."""
         timeout_ms = request["timeout_ms"]
         # A backstop only: the wall-clock kill below comes first. Whole seconds, at least one to spare.
@@ -404,10 +395,8 @@ class Server:
         resource.prlimit(child.pid, resource.RLIMIT_CPU, (cpu_s, cpu_s))
         if checked["warnings"]:  # the compiler's, first on the run's stderr, as if the child had compiled it
             sandbox_os.write_all(child.err, checked["warnings"])
-        job = request["job"]
-        program = {"program": checked["program"]} if "program" in checked else {"code": job["code"],
-                                                                                "policy": job["policy"]}
-        job = marshal.dumps({**program, "test": job["test"], "entry_point": job["entry_point"]})
+        job = marshal.dumps({"program": checked["program"], "test": request["job"]["test"],
+                             "entry_point": request["job"]["entry_point"]})  # fmt: skip
         running = time.perf_counter()
         try:
             sandbox_os.write_all(child.go, LEN.pack(len(job)) + job)

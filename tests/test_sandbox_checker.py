@@ -80,21 +80,14 @@ def test_one_checker_checks_request_after_request_confined_like_a_run(box):
     assert comm(checker) == "ncg-checker" and checker not in run_children(box.server_pids()[0])
 
 
-def test_in_the_callers_gaps_a_warm_child_checks_its_program_itself(box):
+def test_every_request_is_checked_by_the_checker_gaps_or_not(box):
     checker = _checker(box)
-    for _ in range(2):  # spares forked before the gaps began have not warmed up: they use the checker
-        time.sleep(0.02)
-        box.run("result = 0")
     before = _wakeups(checker)
     for i in range(3):
         time.sleep(0.02)  # the model generates
         assert box.run(f"result = {i}").output == str(i)
-        time.sleep(0.02)
         assert box.run("import os", policy="task").error == "import statements are not allowed (line 1)"
-    assert _wakeups(checker) == before  # not woken once
-    for _ in range(3):  # no gaps: back to back, the checker checks them
-        box.run("result = 1")
-    assert _wakeups(checker) > before
+    assert _wakeups(checker) >= before + 6  # woken for each (children never parse: their pages stay shared)
 
 
 def test_a_bomb_costs_the_checker_its_life_and_the_next_check_gets_a_fresh_one(box):
