@@ -70,7 +70,7 @@ def diagnose(disable_layers: tuple[str, ...] = ()) -> dict:
 def format_report(report: dict) -> str:
     layers = report["isolation"]["layers"]
     lines = [f"Sandbox layers on this machine ({report['machine']}):"]
-    lines.append(f"  {'source policy':22} active    lint in the sandbox child, before the program runs")
+    lines.append(f"  {'source policy':22} active    lint in the sandbox's checker, before the program runs")
     for name, meaning in REQUIRED_LAYERS.items():
         lines.append(f"  {name:22} {'active ' if layers.get(name) else 'MISSING'}   {meaning}")
     abi = layers.get("landlock_abi", 0)

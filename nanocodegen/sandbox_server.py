@@ -347,17 +347,18 @@ class Server:
         self.collect()
         self.finish_used()
         state = self._wait(checker, start + timeout_ms / 1000, self.limits["memory_bytes"])
-        warnings = _drain(checker.err)
         reply = sandbox_checker.parse_reply(checker.report) if state == "report" else None
         if reply is None:  # out of time, or killed: classified as a run's child would be, then replaced
             self.checker = None
             _kill(checker.pid)
             self._reap(checker)
             wall_ms = (time.perf_counter() - start) * 1000
+            # (Its stderr holds this check's compiler warnings only: every check that came back drained it.)
             failed = self._classify(checker, None, state == "running", wall_ms, timeout_ms)
             self.finish(checker)
             # cpu_ms: the checker's lifetime is not this program's; the program itself never ran.
-            return {**failed, "stderr": _text_tail(warnings, self.limits["tail_bytes"]), "cpu_ms": 0.0}
+            return {**failed, "cpu_ms": 0.0}
+        warnings = _drain(checker.err)
         status, rss_kib, more, payload = reply
         if not more:  # it exits after this reply (an unclean check, or its last one): replace it now
             self.retire_checker()
