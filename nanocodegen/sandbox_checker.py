@@ -15,8 +15,8 @@ its reply, and so does the MAX_CHECKS-th check; a checker that overruns the prog
 killed; the server starts a fresh one for the next request. Compiler warnings (SyntaxWarning) go to the
 checker's stderr, which the server hands on to the run's.
 
-Wire (sandbox_child's descriptors): a request on GO_FD is LEN + marshal {"code": str, "policy": str}
-(the server's, trusted); the reply on RESULT_FD is one frame, RESULT_MAGIC + LEN + body, body =
+Wire (sandbox_child's descriptors and names): a request on GO_FD is LEN + marshal {"code": str, "policy":
+str} (the server's, trusted); the reply on RESULT_FD is one frame, RESULT_MAGIC + LEN + body, body =
 b"status\\nrss_kib\\nmore\\n" + payload: the marshalled code object for status OK, else the feedback text
 (syntax_error or unsafe), UTF-8; `more` is 0 when the checker exits after this reply, else 1. The
 server never unmarshals a payload; the run's child does.
@@ -32,34 +32,12 @@ import resource
 import sys
 
 if __package__:  # nanocodegen.sandbox_checker, imported by the tests
+    from nanocodegen import sandbox_child as child
     from nanocodegen import sandbox_lint, sandbox_os
-    from nanocodegen.sandbox_child import (
-        AVAILABLE_MODULES,
-        FILENAME,
-        GO_FD,
-        LEN,
-        OK,
-        RESULT_FD,
-        RESULT_MAGIC,
-        SYNTAX_ERROR,
-        UNSAFE,
-        syntax_error_text,
-    )
 else:  # imported by the server script, which has put this directory on sys.path for the moment
+    import sandbox_child as child
     import sandbox_lint
     import sandbox_os
-    from sandbox_child import (
-        AVAILABLE_MODULES,
-        FILENAME,
-        GO_FD,
-        LEN,
-        OK,
-        RESULT_FD,
-        RESULT_MAGIC,
-        SYNTAX_ERROR,
-        UNSAFE,
-        syntax_error_text,
-    )
 
 MAX_CHECKS = 4096  # then a fresh checker: whatever a long life accumulates (a fragmented heap) stays bounded
 NAME = b"ncg-checker"  # its process name (ps, top; benchmarks/sandbox_cpu.py finds it by this)
@@ -71,18 +49,18 @@ def check_source(code: str, policy: str) -> tuple[str, bytes, bool]:
     parser or compiler bomb): the process may be left in a state no later check should start from."""
     try:
         if policy:
-            tree = compile(code, FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
-            violation = sandbox_lint.check(code, tree, policy, AVAILABLE_MODULES)
+            tree = compile(code, child.FILENAME, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+            violation = sandbox_lint.check(code, tree, policy, child.AVAILABLE_MODULES)
             del tree
             if violation:
-                return UNSAFE, violation.encode("utf-8", "surrogatepass"), True
+                return child.UNSAFE, violation.encode("utf-8", "surrogatepass"), True
         # From the source again, not from the tree: converting a tree back costs more than parsing anew.
-        program = marshal.dumps(compile(code, FILENAME, "exec", dont_inherit=True))
+        program = marshal.dumps(compile(code, child.FILENAME, "exec", dont_inherit=True))
     except SyntaxError as e:  # IndentationError and TabError too
-        return SYNTAX_ERROR, syntax_error_text(e).encode("utf-8", "surrogatepass"), True
+        return child.SYNTAX_ERROR, child.syntax_error_text(e).encode("utf-8", "surrogatepass"), True
     except Exception as e:  # whatever else a bomb makes the parser, the compiler or marshal raise
-        return SYNTAX_ERROR, syntax_error_text(e).encode("utf-8", "surrogatepass"), False
-    return OK, program, True
+        return child.SYNTAX_ERROR, child.syntax_error_text(e).encode("utf-8", "surrogatepass"), False
+    return child.OK, program, True
 
 
 def serve_checks() -> None:
@@ -90,10 +68,10 @@ def serve_checks() -> None:
     exit (EOF on GO_FD, an unclean check, MAX_CHECKS)."""
     stderr = sys.stderr
     for n in range(1, MAX_CHECKS + 1):
-        head = sandbox_os.read_exact(GO_FD, LEN.size)
+        head = sandbox_os.read_exact(child.GO_FD, child.LEN.size)
         if head is None:
             return  # the server closed the pipe
-        request = marshal.loads(sandbox_os.read_exact(GO_FD, LEN.unpack(head)[0]))
+        request = marshal.loads(sandbox_os.read_exact(child.GO_FD, child.LEN.unpack(head)[0]))
         status, payload, clean = check_source(request["code"], request["policy"])
         try:
             stderr.flush()  # compiler warnings, for the server to hand on before it reads the reply
@@ -102,7 +80,7 @@ def serve_checks() -> None:
         rss_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         more = clean and n < MAX_CHECKS
         body = f"{status}\n{rss_kib}\n{int(more)}\n".encode() + payload
-        sandbox_os.write_all(RESULT_FD, RESULT_MAGIC + LEN.pack(len(body)) + body)
+        sandbox_os.write_all(child.RESULT_FD, child.RESULT_MAGIC + child.LEN.pack(len(body)) + body)
         if not more:
             return
 
@@ -110,8 +88,8 @@ def serve_checks() -> None:
 def parse_reply(frame: bytes) -> tuple[str, int, bool, bytes] | None:
     """(status, peak RSS in KiB, whether it takes another check, payload) of one complete frame from the
     checker; None if malformed."""
-    head = len(RESULT_MAGIC) + LEN.size
-    if not frame.startswith(RESULT_MAGIC) or len(frame) != head + LEN.unpack_from(frame, len(RESULT_MAGIC))[0]:
+    magic, head = child.RESULT_MAGIC, len(child.RESULT_MAGIC) + child.LEN.size
+    if not frame.startswith(magic) or len(frame) != head + child.LEN.unpack_from(frame, len(magic))[0]:
         return None
     parts = frame[head:].split(b"\n", 3)
     if len(parts) != 4 or parts[2] not in (b"0", b"1"):
@@ -120,4 +98,4 @@ def parse_reply(frame: bytes) -> tuple[str, int, bool, bytes] | None:
         status, rss, more, payload = parts[0].decode(), int(parts[1]), parts[2] == b"1", parts[3]
     except ValueError:
         return None
-    return (status, rss, more, payload) if status in (OK, SYNTAX_ERROR, UNSAFE) else None
+    return (status, rss, more, payload) if status in (child.OK, child.SYNTAX_ERROR, child.UNSAFE) else None
