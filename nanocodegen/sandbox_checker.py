@@ -89,7 +89,9 @@ def parse_reply(frame: bytes) -> tuple[str, int, bool, bytes] | None:
     """(status, peak RSS in KiB, whether it takes another check, payload) of one complete frame from the
     checker; None if malformed."""
     magic, head = child.RESULT_MAGIC, len(child.RESULT_MAGIC) + child.LEN.size
-    if not frame.startswith(magic) or len(frame) != head + child.LEN.unpack_from(frame, len(magic))[0]:
+    if len(frame) < head or not frame.startswith(magic):
+        return None
+    if len(frame) != head + child.LEN.unpack_from(frame, len(magic))[0]:
         return None
     parts = frame[head:].split(b"\n", 3)
     if len(parts) != 4 or parts[2] not in (b"0", b"1"):

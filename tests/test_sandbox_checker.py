@@ -46,6 +46,7 @@ def test_parse_reply_accepts_only_well_formed_frames():
         assert parse_reply(_frame(bad)) is None, bad
     assert parse_reply(_frame(b"ok\n12\n1\n") + b"extra") is None
     assert parse_reply(b"NCG0\n" + _frame(b"ok\n12\n1\n")[5:]) is None
+    assert parse_reply(_frame(b"ok\n12\n1\n")[:7]) is None  # cut inside the length
 
 
 @pytest.fixture
