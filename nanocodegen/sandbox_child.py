@@ -255,11 +255,16 @@ def f(numbers: List[int], k: Optional[int] = None) -> List[int]:
 '''
 _WARM_UP_TEST = "\n\nMETADATA = {}\n\n\ndef check(candidate):\n    assert candidate([1, 2, 3], 2) == [4]\n"
 _WARM_UP_LIMITS = {"result_chars": 100, "memory_bytes": 0}
-# The three as a job carries them: marshalled code objects.
-_WARM_UP_JOBS = [
-    marshal.dumps(compile(code, name, "exec", dont_inherit=True))
-    for code, name in ((_WARM_UP_CODE, FILENAME), (_WARM_UP_TESTED_CODE, FILENAME), (_WARM_UP_TEST, TEST_FILENAME))
-]
+_warm_up_jobs: list[bytes] = []  # the three as a job carries them (marshalled code objects); made on first use
+
+
+def _warm_up_job_codes() -> list[bytes]:
+    # Compiled by the server's first warm_up, so that children inherit them; not on import (the client
+    # imports this module for its texts and statuses).
+    if not _warm_up_jobs:
+        sources = ((_WARM_UP_CODE, FILENAME), (_WARM_UP_TESTED_CODE, FILENAME), (_WARM_UP_TEST, TEST_FILENAME))
+        _warm_up_jobs.extend(marshal.dumps(compile(c, name, "exec", dont_inherit=True)) for c, name in sources)
+    return _warm_up_jobs
 
 
 def warm_up(stop_fd: int = -1, check=None) -> None:
@@ -274,7 +279,7 @@ def warm_up(stop_fd: int = -1, check=None) -> None:
     server) fall before its job arrives, not while it runs. It stops between steps once `stop_fd` is
     readable (the job has come), so it delays a job by one step at most."""
     state: dict = {}
-    code, tested_code, test = _WARM_UP_JOBS
+    code, tested_code, test = _warm_up_job_codes()
     steps = [lambda: check(_WARM_UP_CODE, "task")] if check is not None else []
     steps += [
         lambda: state.update(program=marshal.loads(code)),

@@ -183,8 +183,9 @@ class Server:
                     self.finish(child)
                 else:
                     # Back to back: this child is reaped during the next request's check (SIGKILLed at its
-                    # report, it has exited by then, so wait4 does not wait on its exit).
-                    self.finish_used()  # (done there already, unless that check failed)
+                    # report, it has exited by then, so wait4 does not wait on its exit). This request's
+                    # check reaped the one before.
+                    assert self.used is None, "check() reaps the child used a request ago"
                     self.used = child
         finally:
             try:
