@@ -184,6 +184,11 @@ class BatchedAgents:
                 on_episode(slot.index, record)
             self._start_episode(slot, pending)
 
+        prefork = getattr(self.verifier, "prefork", None)
+        if prefork is not None and len(slots) > 1:
+            # The first programs are checked back to back once they come: fork their children now, in
+            # the time the first steps take, rather than one per check then.
+            prefork(len(slots))
         with ThreadPoolExecutor(max_workers=self.verify_threads, thread_name_prefix="verify") as pool:
             for slot in slots:
                 self._start_episode(slot, pending)

@@ -218,6 +218,7 @@ def trim_heap() -> None:
 _SYS_CLONE = {"x86_64": 56, "aarch64": 220, "riscv64": 220}.get(os.uname().machine, 0)
 _SYS_PIDFD_GETFD = 438  # the same on every architecture
 _CLONE_PARENT = 0x8000
+_CAP_SYS_NICE = 23
 CLONE_PARENT_WORKS = _SYS_CLONE != 0
 _pylibc = ctypes.PyDLL(None, use_errno=True)  # PyDLL: the GIL stays held across the call (see clone_parent)
 _pylibc.syscall.restype = ctypes.c_long
@@ -255,6 +256,28 @@ def pidfd_getfd(pidfd: int, fd: int) -> int:
     """A copy of descriptor `fd` of the process behind `pidfd` (the caller may ptrace it: its child), as a
     new close-on-exec descriptor of the caller."""
     return _check(_libc.syscall(_SYS_PIDFD_GETFD, pidfd, fd, 0), "pidfd_getfd")
+
+
+def idle_priority_reversible() -> bool:
+    """Whether this process may take another of its user's processes out of SCHED_IDLE again: the kernel
+    treats SCHED_IDLE as nice 20, so leaving it needs CAP_SYS_NICE (root has it) or an RLIMIT_NICE of at
+    least 20 (sched_setscheduler(2)). Without that, a process put there would stay there."""
+    try:
+        with open("/proc/self/status") as f:
+            caps = next(int(line.split()[1], 16) for line in f if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        caps = 0
+    return bool(caps >> _CAP_SYS_NICE & 1) or resource.getrlimit(resource.RLIMIT_NICE)[0] >= 20
+
+
+def set_idle_priority(pid: int, idle: bool) -> bool:
+    """Put process `pid` in the SCHED_IDLE class (it runs only on a CPU nothing else wants) or back in
+    the normal one; False if it is gone or the kernel refused."""
+    try:
+        os.sched_setscheduler(pid, os.SCHED_IDLE if idle else os.SCHED_OTHER, os.sched_param(0))
+    except OSError:
+        return False
+    return True
 
 
 def set_name(name: bytes) -> None:

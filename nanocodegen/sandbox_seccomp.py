@@ -13,10 +13,10 @@ privilege). Filters stack, and a call must pass every filter of its process:
                    fails with EPERM.
   child_filter()   installed by each child just before its program runs: SERVER_ONLY fails with EPERM
                    ("Operation not permitted": fork, clone and so threads, kill and every other signal
-                   to a process, wait, setpgid, pidfd_*, prctl, Landlock, chmod); calls that could name
-                   another process work only with pid 0 ("myself": getpgid, getsid, sched_getaffinity,
-                   ...); prlimit64 only reads the caller's own limits; ioctl only for the few terminal
-                   and descriptor queries Python makes (IOCTL_REQUESTS).
+                   to a process, wait, setpgid, pidfd_*, prctl, Landlock, chmod, sched_setscheduler);
+                   calls that could name another process work only with pid 0 ("myself": getpgid,
+                   getsid, sched_getaffinity, ...); prlimit64 only reads the caller's own limits; ioctl
+                   only for the few terminal and descriptor queries Python makes (IOCTL_REQUESTS).
 So a program gets ALLOWED, minus what the child filter narrows. Never allowed to anyone: exec, sockets
 of every kind, ptrace, process_vm_*, setrlimit, unshare, mount, bpf, io_uring, userfaultfd, keyctl,
 perf_event_open, links, utimes, truncate by path, and every other call not listed.
@@ -82,6 +82,7 @@ SERVER_ONLY = (
     "fork", "vfork", "clone", "clone3", "kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo",
     "wait4", "waitid", "setpgid", "pidfd_open", "pidfd_send_signal", "pidfd_getfd", "prctl",
     "landlock_create_ruleset", "landlock_add_rule", "landlock_restrict_self", "chmod", "fchmod", "fchmodat",
+    "sched_setscheduler",
 )  # fmt: skip
 # Allowed to programs only with pid 0 (the caller itself) as the first argument: with another pid they
 # would tell a program about processes outside its run. (prlimit64 and ioctl have their own checks.)
@@ -113,7 +114,7 @@ _X86_64 = dict(
     getuid=102, getgid=104, geteuid=107, getegid=108, setpgid=109, getppid=110, getpgrp=111, getgroups=115,
     getresuid=118, getresgid=120, getpgid=121, getsid=124, capget=125, rt_sigpending=127,
     rt_sigtimedwait=128, rt_sigqueueinfo=129, rt_sigsuspend=130, sigaltstack=131, utime=132, statfs=137,
-    fstatfs=138, sched_getparam=143, sched_getscheduler=145, sched_get_priority_max=146,
+    fstatfs=138, sched_getparam=143, sched_setscheduler=144, sched_getscheduler=145, sched_get_priority_max=146,
     sched_get_priority_min=147, prctl=157, arch_prctl=158, setrlimit=160, gettid=186, tkill=200, time=201,
     futex=202, sched_getaffinity=204, epoll_create=213, getdents64=217, set_tid_address=218,
     restart_syscall=219, fadvise64=221, timer_create=222, timer_settime=223, timer_gettime=224,
@@ -143,7 +144,8 @@ _AARCH64 = dict(
     unshare=97,
     futex=98, set_robust_list=99, get_robust_list=100, nanosleep=101, getitimer=102, setitimer=103,
     timer_create=107, timer_gettime=108, timer_getoverrun=109, timer_settime=110, timer_delete=111,
-    clock_gettime=113, clock_getres=114, clock_nanosleep=115, ptrace=117, sched_getscheduler=120,
+    clock_gettime=113, clock_getres=114, clock_nanosleep=115, ptrace=117, sched_setscheduler=119,
+    sched_getscheduler=120,
     sched_getparam=121, sched_getaffinity=123, sched_yield=124, sched_get_priority_max=125,
     sched_get_priority_min=126, restart_syscall=128, kill=129, tkill=130, tgkill=131, sigaltstack=132,
     rt_sigsuspend=133, rt_sigaction=134, rt_sigprocmask=135, rt_sigpending=136, rt_sigtimedwait=137,

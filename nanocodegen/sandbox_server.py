@@ -66,6 +66,7 @@ QUICK_S = 0.001  # a program done within this is answered before the next child 
 IDLE_S = 0.0005  # ...if the server waited at least this long for its request (else the caller is in a loop)
 _DIR_0700 = 0o040700  # S_IFDIR | 0700 (no `stat` module: every module the server imports, each child carries)
 FREE_DIRS = 4  # empty run directories (with their Landlock rulesets) kept for reuse; ~3 children live at once
+MAX_SPARES = 64  # the most children a prefork request has ready at once (6 of the server's descriptors each)
 _SIGKILL, _SIGXCPU, _SIGXFSZ = _signal.SIGKILL, _signal.SIGXCPU, _signal.SIGXFSZ
 _SIGNAL_NAMES = {
     v: k for k, v in vars(_signal).items()
@@ -137,6 +138,9 @@ class Server:
         self.forker: Forker | None = None  # where there is no zygote: the server forks children itself
         self.ordered: tuple[int, int] | None = None  # (run, flags) of a child ordered from the zygote, not collected
         self.spares: list[_Child] = []  # forked for the next requests, oldest first
+        self.fill_to = 0  # a prefork request's number of spares, forked while no request waits (prefork())
+        self.keep_dirs = FREE_DIRS  # free run directories kept (more once a prefork needed more)
+        self.idle_fill = sandbox_os.idle_priority_reversible()  # prefork in SCHED_IDLE (see prefork())
 
     def serve(self, client: int) -> None:
         self.spares.append(self.spawn())
@@ -145,8 +149,15 @@ class Server:
                 waited = time.perf_counter()
                 if self.used is not None and not select.select([client], [], [], IDLE_S)[0]:
                     self.finish_used()  # no request came straight away: the caller left a gap after all
+                if self.fill_to:
+                    self.fill_spares(client)
                 if (request := sandbox_os.recv_msg(client)) is None:
                     break
+                if "prefork" in request:
+                    sandbox_os.send_msg(client, {"prefork": self.prefork(request["prefork"])})
+                    continue
+                if self.fill_to:
+                    self.end_prefork()
                 quick_s = QUICK_S if time.perf_counter() - waited >= IDLE_S else 0.0
                 self.warm_children = quick_s > 0
                 if request["job"]["policy"] != "task" and not self.preloaded:
@@ -197,6 +208,40 @@ class Server:
             self.finish_used()
             self.retire_checker()
             self.stop_zygote()
+
+    def prefork(self, n: int) -> int:
+        """A caller about to send a burst of requests back to back (bench --batch, whose first programs
+        all come at once) asks for `n` spares (at most MAX_SPARES): they are forked while no request
+        waits, that is while the caller generates those programs, rather than one per request during the
+        burst, when the CPU is busy. Until the next request, the zygote and the new spares are in the
+        SCHED_IDLE class, so that this work takes only CPU time nothing else wants (where the server may
+        take them out of it again, idle_fill; elsewhere at normal priority). Returns the number asked for."""
+        self.fill_to = max(0, min(int(n), MAX_SPARES))
+        self.keep_dirs = max(self.keep_dirs, self.fill_to + FREE_DIRS)
+        return self.fill_to
+
+    def fill_spares(self, client: int) -> None:
+        """Fork spares (and the checker) up to fill_to, until a request comes; see prefork()."""
+        self.warm_children = False  # made for requests back to back, where the warm-up is a loss
+        if self.checker is None and not select.select([client], [], [], 0)[0]:
+            self.ready_checker()
+        if self.idle_fill and self.zygote is not None:
+            sandbox_os.set_idle_priority(self.zygote.pid, True)
+        while len(self.spares) < self.fill_to and not select.select([client], [], [], 0)[0]:
+            self.spares.append(self.spawn())  # (the child on order, if there is one)
+
+    def end_prefork(self) -> None:
+        """The burst has begun: back to one spare at a time, and every process back at normal priority
+        (a spare the kernel would not take back is not used)."""
+        self.fill_to = 0
+        if not self.idle_fill:
+            return
+        if self.zygote is not None and not sandbox_os.set_idle_priority(self.zygote.pid, False):
+            self.stop_zygote()  # the next order starts another
+        for child in list(self.spares):
+            if not sandbox_os.set_idle_priority(child.pid, False):
+                self.spares.remove(child)
+                self.finish(child)
 
     def spawn(self, flags: int = 0) -> _Child:
         """Fork the next child (or take the one ordered); it sets itself up in parallel with whatever the
@@ -496,7 +541,7 @@ class Server:
             fresh = fresh and not os.listdir(run_dir)
         except OSError:
             fresh = False
-        if fresh and len(self.free_dirs) < FREE_DIRS:
+        if fresh and len(self.free_dirs) < self.keep_dirs:
             self.free_dirs.append(run)
             return
         if self.forker is not None:

@@ -100,6 +100,10 @@ class CodeVerifier:
                 self._sandbox = Sandbox(self.workers, self.limits, self.allow_weak_isolation, self.disable_layers)
             return self._sandbox
 
+    def prefork(self, n: int) -> int:
+        """Have the sandbox fork `n` children ahead of a burst of checks (see Sandbox.prefork)."""
+        return self.sandbox.prefork(n)
+
     @property
     def isolation(self) -> dict:
         """The sandbox's layers and whether weak isolation was allowed (for results' provenance)."""

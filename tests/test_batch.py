@@ -66,6 +66,15 @@ def test_greedy_batched_equals_sequential(shipped, verifier, mode, n_tasks):
         assert any(a.cached_tokens > 0 for e in batched for a in e.attempts)
 
 
+def test_a_batched_run_has_a_child_preforked_for_each_slot(shipped, verifier, monkeypatch):
+    model, tok, budget = shipped
+    asked, prefork = [], verifier.prefork
+    monkeypatch.setattr(verifier, "prefork", lambda n: asked.append(n) or prefork(n))
+    episodes = BatchedAgents(model, tok, verifier, AgentConfig(max_new_tokens=48), 4, budget).run(
+        load_suite("synthetic")[:6])
+    assert asked == [4] and len(episodes) == 6
+
+
 @pytest.mark.parametrize("mode", ["prefix", "attempt"])
 def test_greedy_chunks_batched_equal_sequential(shipped, verifier, mode):
     # compile_decode's greedy chunks, run eagerly (the same function, without the compiler): attempts end

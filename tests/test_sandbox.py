@@ -8,6 +8,7 @@ import time
 
 import pytest
 
+from nanocodegen import sandbox_os
 from nanocodegen.records import Outcome
 from nanocodegen.sandbox import OK, Limits, Sandbox, SandboxError
 from nanocodegen.sandbox_child import LEN, RESULT_FD, RESULT_MAGIC
@@ -610,3 +611,43 @@ def test_the_warm_up_programs_pass_the_lint_and_their_test():
     test = compile(child._WARM_UP_TEST, child.TEST_FILENAME, "exec")
     assert child._execute(program, test, "f", "", child._WARM_UP_LIMITS) == (OK, "", "")
     child.warm_up()  # both programs, every step, raises nothing
+
+
+def wait_for_run_children(server: int, n: int) -> list[int]:
+    deadline = time.monotonic() + 10
+    while len(children := run_children(server)) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return children
+
+
+def test_prefork_spares_wait_at_idle_priority_and_the_burst_runs_in_them():
+    with Sandbox(workers=1) as sandbox:
+        assert sandbox.run("result = 1").ok  # up, with its checker and one spare
+        (server,) = sandbox.server_pids()
+        assert sandbox.prefork(5) == 5
+        spares = wait_for_run_children(server, 5)
+        assert len(spares) == 5
+        if sandbox_os.idle_priority_reversible():  # the four forked for the prefork, not the one before
+            assert sum(os.sched_getscheduler(pid) == os.SCHED_IDLE for pid in spares) >= 4
+        ran = []
+        for _ in range(5):
+            result = sandbox.run("import os\nprint(os.getpid(), os.sched_getscheduler(0))", 2000)
+            pid, policy = map(int, result.stdout.split())
+            assert policy == os.SCHED_OTHER  # taken out of SCHED_IDLE once the burst began
+            ran.append(pid)
+        assert sorted(ran) == sorted(spares)
+        for _ in range(5):  # then one child at a time again, as before the prefork
+            assert sandbox.run("result = 1").ok
+        assert len(run_children(server)) <= 2
+
+
+def test_prefork_is_capped_split_across_servers_and_stops_at_the_next_request():
+    from nanocodegen.sandbox_server import MAX_SPARES
+
+    with Sandbox(workers=2) as sandbox:
+        assert sandbox.prefork(3) == 3  # 2 + 1
+        assert sandbox.prefork(10**6) == 2 * MAX_SPARES
+        result = sandbox.run("print(6 * 7)", 2000)  # served while the spares are being forked
+        assert result.ok and result.stdout == "42\n"
+        with pytest.raises(ValueError, match="at least 0"):
+            sandbox.prefork(-1)
