@@ -20,7 +20,9 @@ Each episode owns one row ("slot") of a KV cache installed for N sequences. Ever
      for them, else one). The cache has one scratch row beyond the N slots, which
      pads a lone decoding row to two so that one compiled graph serves every step.
 Verification runs in threads (the sandbox does the work in other processes), so checking one episode's
-program overlaps the generation of the others.
+program overlaps the generation of the others. The first attempts' programs all reach the sandbox within
+a few steps of each other, so a run first asks it to fork a child per slot (CodeVerifier.prefork) while
+the first steps run, when one core would otherwise idle.
 
 Records are the sequential agent's (`agent.py` helpers): under greedy decoding the same tokens, codes,
 outcomes and token counts; only times differ. Per attempt, `prefill_ms` is the step that computed the

@@ -16,9 +16,11 @@ it. A child is forked and set up before its request arrives (the next one is for
 runs, or after the reply when the caller leaves a gap; a used child is reaped in the caller's gap, or
 after the next reply when requests come back to back), so neither fork, set-up nor exit counts against
 the time limit or sits on a check's critical path; a child forked while the caller leaves gaps also warms
-up the job's path during its set-up (sandbox_child.warm_up). Before a program reaches a child, the
-server's checker (sandbox_checker.py: a long-lived process forked and confined exactly like a run's
-child, which runs no program code) parses it, lints it (layer 1) and compiles it, warm: ~0.1 ms for a
+up the job's path during its set-up (sandbox_child.warm_up). A caller about to send a burst of checks back
+to back (bench --batch) asks for children ahead (Sandbox.prefork): the servers fork them while the caller
+generates the burst's programs, at idle priority, instead of one per check once the CPU is busy. Before a
+program reaches a child, the server's checker (sandbox_checker.py: a long-lived process forked and
+confined exactly like a run's child, which runs no program code) parses it, lints it (layer 1) and compiles it, warm: ~0.1 ms for a
 HumanEval program, where a fresh child took ~0.6 ms and ~160 copy-on-write faults. A refused program,
 or a check-only request, never uses a child. The child loads the code object and runs it as a module
 body with the real builtins and a fresh globals dict; `str(result)` (or "None" when no global `result`

@@ -14,7 +14,8 @@ server's zygote (sandbox_zygote.py), which is forked again once the modules are 
 the checker (sandbox_checker.py), stays and parses, lints and compiles every program before a child runs
 it. The server speaks length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the
 only peer): a hello {"pid", "features"}, then one reply per request {"job": {"code", "policy",
-"check_only", "test", "entry_point"} (see Sandbox._call), "timeout_ms": int}; EOF means shut down. The
+"check_only", "test", "entry_point"} (see Sandbox._call), "timeout_ms": int} or {"prefork": n} (see
+Server.prefork); EOF means shut down. The
 child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
 does not guarantee is written in nanocodegen/sandbox.py.
 """
@@ -108,7 +109,8 @@ class Server:
     work in: the next child is ordered from the zygote as a run starts and collected while the next
     request is checked, and a used child is reaped during the next request's check (SIGKILLed at its
     report, it has exited by then, so reaping it does not wait on its exit), or as soon as the caller
-    pauses. (Keeping two spares in the pipe instead of one measured no faster: 1.01 and 0.95.)
+    pauses. (Keeping two spares in the pipe instead of one measured no faster: 1.01 and 0.95.) Before a
+    burst, a prefork request has many spares forked while the caller is busy elsewhere (prefork()).
 
     A run's private directory is reused by a later run (with the Landlock ruleset built for it) only once
     its child is reaped, every process it left is killed and the directory is empty again, as a fresh one
