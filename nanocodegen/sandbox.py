@@ -22,9 +22,9 @@ generates the burst's programs, at idle priority, instead of one per check once 
 program reaches a child, the server's checker (sandbox_checker.py: a long-lived process forked and
 confined exactly like a run's child, which runs no program code) parses it, lints it (layer 1) and
 compiles it, warm: ~0.1 ms for a HumanEval program, where a fresh child took ~0.6 ms and ~160
-copy-on-write faults. A refused program, or a check-only request, never uses a child. The child loads the code object and runs it as a module
-body with the real builtins and a fresh globals dict; `str(result)` (or "None" when no global `result`
-exists) is the output. With tests, the test code (trusted: it comes
+copy-on-write faults. A refused program, or a check-only request, never uses a child. The child loads the
+code object and runs it as a module body with the real builtins and a fresh globals dict; `str(result)`
+(or "None" when no global `result` exists) is the output. With tests, the test code (trusted: it comes
 with the suite, and is compiled once by the client) runs next in the same namespace, then
 `check(entry_point)`, as HumanEval's harness does.
 
