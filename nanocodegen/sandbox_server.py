@@ -55,6 +55,7 @@ from sandbox_child import (  # noqa: E402
     UNSAFE,
     WRONG_OUTPUT,
     format_size,
+    warm_type_cache,
     warm_up,
 )
 from sandbox_zygote import Forker  # noqa: E402
@@ -678,6 +679,7 @@ def preload() -> None:
 def settle_heap() -> None:
     for _ in range(WARM_UP_RUNS):  # lazy initialisation and specialisation, done here once (see warm_up)
         warm_up(check=sandbox_checker.check_source)
+    warm_type_cache()  # last: a later lookup could take one of its cache entries
     # Every fork copies the page-table entries of the server's private memory, and every later write to
     # a shared page is a copy-on-write fault, in server and child alike: shed the import-time garbage,
     # hand free heap back to the kernel, and keep the collector from touching the objects that remain.

@@ -613,6 +613,35 @@ def test_the_warm_up_programs_pass_the_lint_and_their_test():
     child.warm_up()  # both programs, every step, raises nothing
 
 
+def test_the_report_is_a_frame_the_server_accepts():
+    import resource
+
+    from nanocodegen import sandbox_child as child
+    from nanocodegen.sandbox_server import _parse_frame
+
+    start, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
+    sum(range(10**5))
+    frame = child._report(OK, "45 é", "r", [], time.perf_counter, resource.getrusage, resource.RUSAGE_SELF,
+                          start, before)  # fmt: skip
+    report = _parse_frame(frame)
+    assert report["status"] == OK and report["output"] == "45 é" and report["has_result"]
+    assert report["wall_ms"] > 0 and report["peak_rss_bytes"] > 0
+
+
+def test_the_type_cache_warm_up_covers_every_function_the_child_calls_on_sandbox_os():
+    # warm_type_cache looks up the names of the functions in _child_path(); one the child's path calls but
+    # that list misses would leave its lookups to miss in every child.
+    from nanocodegen import sandbox_child as child
+
+    path = set(child._child_path())
+    for function in (child.child_main, child.set_up_child, child._run_job):
+        for name in function.__code__.co_names:
+            target = getattr(sandbox_os, name, None)
+            if callable(target) and getattr(target, "__module__", "") == sandbox_os.__name__:
+                assert target in path, f"{function.__name__} calls sandbox_os.{name}, missing from _child_path()"
+    child.warm_type_cache()  # every name in them, raises nothing
+
+
 def wait_for_run_children(server: int, n: int) -> list[int]:
     deadline = time.monotonic() + 10
     while len(children := run_children(server)) < n and time.monotonic() < deadline:
