@@ -15,9 +15,8 @@ the checker (sandbox_checker.py), stays and parses, lints and compiles every pro
 it. The server speaks length-prefixed marshal on the socket FD (sandbox_os.send_msg; the client is the
 only peer): a hello {"pid", "features"}, then one reply per request {"job": {"code", "policy",
 "check_only", "test", "entry_point"} (see Sandbox._call), "timeout_ms": int} or {"prefork": n} (see
-Server.prefork); EOF means shut down. The
-child's side is sandbox_child.py, the kernel calls are in sandbox_os.py, and what the isolation does and
-does not guarantee is written in nanocodegen/sandbox.py.
+Server.prefork); EOF means shut down. The child's side is sandbox_child.py, the kernel calls are in
+sandbox_os.py, and what the isolation does and does not guarantee is written in nanocodegen/sandbox.py.
 """
 
 from __future__ import annotations
