@@ -18,3 +18,10 @@ def test_without_the_os_layer_the_probes_get_through_and_the_report_says_so():
     assert {"read a host file (/etc/passwd)", "open a socket", "signal the host process"} <= escaped
     text = format_report(report)
     assert "INCOMPLETE" in text and "NOT CONTAINED" in text and "--allow-weak-isolation" in text
+
+
+def test_the_report_says_how_batched_runs_fork_ahead():
+    report = diagnose()
+    assert "forks its first children ahead at idle priority" in format_report({**report, "prefork_idle": True})
+    text = format_report({**report, "prefork_idle": False})
+    assert "at normal priority" in text and "CAP_SYS_NICE" in text
