@@ -680,3 +680,12 @@ def test_prefork_is_capped_split_across_servers_and_stops_at_the_next_request():
         assert result.ok and result.stdout == "42\n"
         with pytest.raises(ValueError, match="at least 0"):
             sandbox.prefork(-1)
+
+
+def test_a_program_cannot_change_its_scheduling(box):
+    # The server may (prefork's SCHED_IDLE); a program may not, neither for itself nor for another process.
+    result = box.run("import os\nout = []\nfor pid in (0, os.getppid()):\n    try:\n"
+                     "        os.sched_setscheduler(pid, os.SCHED_IDLE, os.sched_param(0))\n"
+                     "        out.append('changed')\n    except OSError as e:\n        out.append(e.errno)\n"
+                     "result = out", 2000)  # fmt: skip
+    assert result.ok and result.output == "[1, 1]", result  # EPERM twice
